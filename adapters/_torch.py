@@ -1,0 +1,39 @@
+"""NumPy <-> torch conversion shared by the torch-based adapters (no RoPE math here)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+            "bfloat16": torch.bfloat16}[name]
+
+
+def to_torch(x: np.ndarray, dtype: str, device: str = "cpu"):
+    """The array in the tested dtype as a torch tensor on ``device`` (bf16 bit-exact)."""
+    import torch
+
+    if dtype == "bfloat16":
+        t = torch.from_numpy(np.ascontiguousarray(x).view(np.uint16).astype(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))
+    return t.to(device)
+
+
+def to_numpy(t) -> np.ndarray:
+    """Any torch tensor as a float64 NumPy array (exact for every float dtype)."""
+    import torch
+
+    return t.detach().to("cpu", torch.float64).numpy()
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
