@@ -62,6 +62,7 @@ class Capabilities:
     mrope: bool = False
     positions: str = "arbitrary"   # the most general kind of positions it accepts (POSITION_KINDS)
     max_position: int | None = None
+    angle_dtype: str | None = None  # dtype its angles are formed in, if not the tolerance default
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Capabilities":

@@ -6,11 +6,11 @@ per formula, each citing its source); the double-double angle and range
 reduction are in :mod:`ropeconf.reference._dd`.
 """
 
-from .rotary import apply, apply_angles, cos_sin, inv_freq, pair_index, xpos_scale
+from .rotary import angles, apply, apply_angles, cos_sin, inv_freq, pair_index, xpos_scale
 from .spec import FREQS_FOR, LAYOUTS, ROPE_TYPES, RopeSpec
 
 __version__ = "1.0.0"
 REFERENCE_VERSION = __version__
 
-__all__ = ["RopeSpec", "inv_freq", "cos_sin", "apply", "apply_angles", "xpos_scale", "pair_index",
+__all__ = ["RopeSpec", "inv_freq", "cos_sin", "angles", "apply", "apply_angles", "xpos_scale", "pair_index",
            "ROPE_TYPES", "LAYOUTS", "FREQS_FOR", "REFERENCE_VERSION"]

@@ -17,6 +17,7 @@ Conventions (docs/spec.md has the full text):
 
 from __future__ import annotations
 
+import functools
 from decimal import Decimal
 from typing import Any
 
@@ -27,7 +28,7 @@ from ._hp import hp_context, to_dd
 from .frequencies import inv_freq_for
 from .spec import RopeSpec
 
-__all__ = ["inv_freq", "cos_sin", "apply", "apply_angles", "xpos_scale", "pair_index", "namespace"]
+__all__ = ["inv_freq", "cos_sin", "angles", "apply", "apply_angles", "xpos_scale", "pair_index", "namespace"]
 
 
 def namespace(*arrays: Any):
@@ -99,12 +100,27 @@ def pair_index(spec: RopeSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def _omega_dd(spec: RopeSpec, seq_len: int | None, long: bool | None = None):
     """Per-pair omega as (hi, lo) float64 NumPy arrays, plus the attention factor (Decimal)."""
+    if spec.rope_type == "dynamic" and seq_len is not None:
+        seq_len = max(seq_len, spec.original_max_position_embeddings)  # same omega below L0
+    elif spec.rope_type == "longrope":
+        if long is None and seq_len is not None:
+            long = seq_len > spec.original_max_position_embeddings
+        seq_len = None if long is not None else seq_len
+    else:
+        seq_len = None
+    return _omega_dd_cached(spec, seq_len, long)
+
+
+@functools.lru_cache(maxsize=1024)
+def _omega_dd_cached(spec: RopeSpec, seq_len: int | None, long: bool | None):
+    # Cached: the 60-digit frequencies cost ~ms per spec; specs are immutable.
     omega, att = inv_freq_for(spec, seq_len, long)
     fidx, _ = pair_index(spec)
     with hp_context():
         pairs = [to_dd(omega[i]) for i in fidx]
     hi = np.array([p[0] for p in pairs], dtype=np.float64)
     lo = np.array([p[1] for p in pairs], dtype=np.float64)
+    hi.flags.writeable = lo.flags.writeable = False
     return hi, lo, att
 
 
@@ -121,7 +137,7 @@ def inv_freq(spec: RopeSpec | dict, seq_len: int | None = None) -> tuple[np.ndar
     if spec.rope_type == "longrope" and seq_len is None:
         seq_len = spec.original_max_position_embeddings
     hi, _, att = _omega_dd(spec, seq_len)
-    return hi, float(att)
+    return hi.copy(), float(att)
 
 
 def _angles_cos_sin(xp, spec: RopeSpec, positions, seq_len: int | None):
@@ -164,6 +180,27 @@ def cos_sin(spec: RopeSpec | dict, positions, seq_len: int | None = None):
     xp = namespace(positions)
     c, s, _ = _angles_cos_sin(xp, spec, positions, seq_len)
     return c, s
+
+
+def angles(spec: RopeSpec | dict, positions, seq_len: int | None = None):
+    """The angles p * omega_j per pair, float64 (rounded once), shape P + (rotary_dim//2,).
+
+    For magnitudes and plots; cos/sin of these are *not* the exact cos/sin
+    (use :func:`cos_sin`).  LongRoPE with the per-position switch uses each
+    position's own factor set.
+    """
+    spec = _as_spec(spec)
+    xp = namespace(positions)
+    positions = _check_positions(xp, spec, positions)
+    if seq_len is None:
+        seq_len = _default_seq_len(xp, positions)
+    p = xp.astype(positions, xp.float64)
+    _, stream = pair_index(spec)
+    p = xp.take(p, xp.asarray(stream), axis=-1) if spec.n_streams > 1 else xp.expand_dims(p, axis=-1)
+    if spec.rope_type == "longrope" and spec.longrope_switch == "position":
+        short, long = _omega_dd(spec, seq_len, False)[0], _omega_dd(spec, seq_len, True)[0]
+        return xp.where(p >= spec.original_max_position_embeddings, p * xp.asarray(long), p * xp.asarray(short))
+    return p * xp.asarray(_omega_dd(spec, seq_len)[0])
 
 
 def xpos_scale(spec: RopeSpec | dict, positions, seq_len: int | None = None, role: str = "query"):
@@ -251,10 +288,8 @@ def apply(spec: RopeSpec | dict, x, positions, seq_len: int | None = None, *, ro
     xp = namespace(x, positions)
     x = _prepare_x(xp, spec, x)
     c, s, seq_len = _angles_cos_sin(xp, spec, positions, seq_len)
-    if spec.rope_type == "longrope" and spec.longrope_switch == "position":
-        att = float(inv_freq_for(spec, seq_len, long=False)[1])
-    else:
-        att = float(inv_freq_for(spec, seq_len)[1])
+    long = False if spec.rope_type == "longrope" and spec.longrope_switch == "position" else None
+    att = float(_omega_dd(spec, seq_len, long)[2])
     mag = None
     if spec.xpos:
         mag = _xpos(xp, spec, xp.asarray(positions) if not hasattr(positions, "dtype") else positions, seq_len, role)

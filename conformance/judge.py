@@ -1,0 +1,158 @@
+"""Judging one case: run the adapter, compare with the reference under the tolerance model.
+
+Outcomes (never conflated): ``conforms``, ``diverges``, ``known`` (matches a
+registry entry), ``fixed`` (a registry entry no longer reproduces),
+``unsupported``, ``unavailable``, ``error`` (the library raised).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback
+from typing import Any
+
+import numpy as np
+
+from ropeconf.reference import RopeSpec, angles, apply
+
+from .adapter import Adapter
+from .tolerance import Precision, angle_magnitude, bound, error_ratio
+
+OUTCOMES = ("conforms", "known", "unsupported", "unavailable", "fixed", "diverges", "error")
+FAILING = ("diverges", "fixed", "error")
+
+
+@dataclasses.dataclass
+class CaseResult:
+    adapter: str
+    variant: str
+    dtype: str
+    device: str
+    source: str                      # golden | property | metamorphic:<check>
+    case_id: str
+    outcome: str
+    max_ratio: float | None = None   # max |error| / tolerance
+    max_abs_error: float | None = None
+    message: str = ""
+    spec: dict[str, Any] | None = None
+    positions: list | None = None
+    seed: int | None = None
+    role: str = "query"
+    worst: dict[str, Any] | None = None      # position, pair, element of the worst error
+    profile: dict[str, Any] | None = None    # error vs position / frequency index (for plots)
+    known_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_input(spec: RopeSpec, batch: int, heads: int, seq: int, dtype: str, seed: int) -> np.ndarray:
+    """Seeded normal input rounded to ``dtype`` (bfloat16 as ml_dtypes.bfloat16)."""
+    from ropeconf.golden_data.corpus import round_to
+
+    x = np.random.default_rng([seed, 0x0C0F]).standard_normal((batch, heads, seq, spec.head_dim))
+    return round_to(x, dtype)
+
+
+def precision_for(adapter: Adapter, dtype: str) -> Precision:
+    angle = getattr(adapter.capabilities, "angle_dtype", None)
+    return Precision.conventional(dtype, angle)
+
+
+def _phi(spec: RopeSpec, positions: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray:
+    a = np.asarray(angles(spec, positions))               # (batch, seq, r/2)
+    per_elem = angle_magnitude(a, spec.rotary_dim, spec.head_dim, spec.layout)  # (batch, seq, D)
+    return np.broadcast_to(per_elem[:, None], x_shape)
+
+
+def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.ndarray,
+            precision: Precision) -> tuple[float, float, dict[str, Any], dict[str, Any]]:
+    """(max ratio, max abs error, worst location, error profile) of actual vs expected."""
+    act = np.asarray(actual)
+    if act.dtype.kind not in "fc" and act.dtype.name != "bfloat16":
+        act = act.astype(np.float64)
+    act = act.astype(np.float64)
+    if act.shape != expected.shape:
+        raise ValueError(f"adapter returned shape {act.shape}, expected {expected.shape}")
+    phi = _phi(spec, positions, expected.shape)
+    tol = bound(expected, phi, spec.rotary_dim, spec.layout, precision)
+    ratio = error_ratio(act, expected, tol)
+    with np.errstate(invalid="ignore"):
+        abs_err = np.abs(act - expected)
+    i = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+    b, h, s, d = (int(v) for v in i)
+    pair = _pair_of(d, spec)
+    worst = {"batch": b, "head": h, "seq": s, "element": d, "pair": pair,
+             "position": np.asarray(positions)[b, s].tolist(),
+             "actual": float(act[i]), "expected": float(expected[i]), "tolerance": float(tol[i])}
+    # error profile: per token (max over features) and per pair index (max over tokens)
+    r_tok = ratio.max(axis=(1, 3))                          # (batch, seq)
+    profile = {"position": np.asarray(positions)[..., 0].ravel().tolist() if np.ndim(positions) == 3
+               else np.asarray(positions).ravel().tolist(),
+               "ratio_by_token": _finite(r_tok.ravel()),
+               "abs_by_token": _finite(np.nanmax(abs_err, axis=(1, 3)).ravel()),
+               "tol_by_token": _finite(tol.max(axis=(1, 3)).ravel())}
+    rp = _per_pair(ratio, spec)
+    profile["ratio_by_pair"] = _finite(rp)
+    return float(ratio.max()), float(np.nanmax(abs_err)) if abs_err.size else 0.0, worst, profile
+
+
+def _finite(a: np.ndarray) -> list[float]:
+    return [float(v) if np.isfinite(v) else 1e300 for v in np.asarray(a, dtype=np.float64)]
+
+
+def _pair_of(d: int, spec: RopeSpec) -> int | None:
+    if d >= spec.rotary_dim:
+        return None
+    return d % spec.n_pairs if spec.layout == "half" else d // 2
+
+
+def _per_pair(ratio: np.ndarray, spec: RopeSpec) -> np.ndarray:
+    r, h = spec.rotary_dim, spec.n_pairs
+    if spec.layout == "half":
+        a, b = ratio[..., :h], ratio[..., h:r]
+    else:
+        a, b = ratio[..., 0:r:2], ratio[..., 1:r:2]
+    return np.maximum(a, b).reshape(-1, h).max(axis=0)
+
+
+def run_adapter_call(adapter: Adapter, spec: RopeSpec, x: np.ndarray, positions: np.ndarray, dtype: str,
+                     device: str, role: str = "query") -> np.ndarray:
+    out = adapter.run(x, positions, spec, dtype=dtype, device=device, role=role)
+    return np.asarray(out.cpu() if hasattr(out, "cpu") and not isinstance(out, np.ndarray) else out)
+
+
+def judge(adapter: Adapter, spec: RopeSpec, x: np.ndarray, positions: np.ndarray, *, dtype: str,
+          device: str = "cpu", role: str = "query", variant: str = "", source: str = "property",
+          case_id: str = "", seed: int | None = None, expected: np.ndarray | None = None) -> CaseResult:
+    """Judge one case.  ``expected`` may be given (golden data); else the reference computes it."""
+    res = CaseResult(adapter.name, variant, dtype, device, source, case_id, "conforms",
+                     spec=spec.to_dict(), positions=np.asarray(positions).tolist(), seed=seed, role=role)
+    why = adapter.why_unsupported(spec, dtype, device, positions)
+    if why:
+        res.outcome, res.message = "unsupported", why
+        return res
+    if expected is None:
+        expected = np.asarray(apply(spec, np.asarray(x).astype(np.float64), positions, role=role))
+    try:
+        actual = run_adapter_call(adapter, spec, x, positions, dtype, device, role)
+        ratio, abs_err, worst, profile = compare(spec, actual, expected, positions, precision_for(adapter, dtype))
+    except Exception as e:  # the library raised: report its own text
+        res.outcome = "error"
+        res.message = f"{type(e).__name__}: {e}"
+        res.worst = {"traceback": traceback.format_exc(limit=-3)}
+        return res
+    res.max_ratio, res.max_abs_error, res.worst, res.profile = ratio, abs_err, worst, profile
+    if not ratio <= 1.0:
+        res.outcome = "diverges"
+        res.message = (f"max error {abs_err:.3g} = {ratio:.3g} x tolerance at position {worst['position']}, "
+                       f"pair {worst['pair']}")
+    return res
+
+
+def judge_case(adapter: Adapter, spec: RopeSpec, positions: np.ndarray, *, dtype: str = "float32",
+               device: str = "cpu", seed: int = 0, role: str = "query", heads: int = 2) -> CaseResult:
+    """Convenience: build a seeded input for ``positions`` (batch, seq[, streams]) and judge it."""
+    positions = np.asarray(positions, dtype=np.int64)
+    x = make_input(spec, positions.shape[0], heads, positions.shape[1], dtype, seed)
+    return judge(adapter, spec, x, positions, dtype=dtype, device=device, role=role, seed=seed)

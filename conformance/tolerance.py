@@ -1,0 +1,115 @@
+"""The tolerance model (docs/tolerance.md derives it; nothing here is tuned).
+
+An implementation under test sees the input already rounded to the tested
+dtype ``t``; the expected value ``y`` is the float64 reference applied to that
+rounded input.  A *conventional, correct* implementation then commits these
+errors, each bounded by counting roundings (u = unit roundoff: 2**-53 float64,
+2**-24 float32, 2**-11 float16, 2**-8 bfloat16):
+
+1. Angle: p and omega rounded to the angle dtype (u_a), omega from a pow and a
+   division (<= 4 u_a, libm pow is within 2 ulp), scaling blends (<= 2 u_a),
+   the product (u_a): |d phi| <= C_PHI * u_a * |phi| with C_PHI = 8.
+2. cos/sin of that angle in the angle dtype: <= C_CS * u_a absolute, C_CS = 2
+   (a correctly range-reduced libm is within 1 ulp).
+3. cos/sin rounded to the compute dtype (HF, MAX, KerasHub do this): <= u_c.
+   Two values (cos and sin) enter each output: C_C = 2.
+4. The rotation a*c - b*s in the working dtype u_w: two products and a sum,
+   <= 3 u_w (|a c| + |b s|) <= 3 sqrt(2) u_w * |pair|: C_W = 5.
+5. Rounding the output to its dtype: <= u_out * |y|.
+
+Summed per element, with |pair| the norm of the *expected* output pair (so the
+attention factor and xPos scale are included):
+
+    tol = |pair| * (C_PHI u_a |phi| + C_CS u_a + C_C u_c + C_W u_w) + u_out |y|
+
+The angle dtype defaults to float32 for 16- and 32-bit dtypes (the
+conventional practice every peer follows) and float64 for float64; compute,
+working and output dtypes default to the tested dtype.  An adapter may declare
+another angle dtype (for example float32 angles even for float64 input) in
+its capabilities; the report then shows that choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+C_PHI, C_CS, C_C, C_W = 8.0, 2.0, 2.0, 5.0
+# Smallest normal of each dtype: below it outputs are subnormal and relative bounds fail.
+TINY = {"float64": 2.0 ** -1022, "float32": 2.0 ** -126, "float16": 2.0 ** -14, "bfloat16": 2.0 ** -126}
+
+
+def default_angle_dtype(dtype: str) -> str:
+    return "float64" if dtype == "float64" else "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """The dtypes of the four stages of a conventional implementation."""
+
+    dtype: str                     # input/output dtype under test
+    angle: str                     # dtype the angle p * omega is formed in
+    compute: str                   # dtype cos/sin are rounded to before the rotation
+    working: str                   # dtype of the rotation arithmetic
+
+    @classmethod
+    def conventional(cls, dtype: str, angle: str | None = None) -> "Precision":
+        return cls(dtype, angle or default_angle_dtype(dtype), dtype, dtype)
+
+
+def pair_norm(y: np.ndarray, rotary_dim: int, layout: str) -> np.ndarray:
+    """Per-element norm of the rotated pair each element belongs to (tail: |y|)."""
+    y = np.asarray(y, dtype=np.float64)
+    out = np.abs(y).copy()
+    h = rotary_dim // 2
+    if layout == "half":
+        a, b = y[..., :h], y[..., h:rotary_dim]
+        n = np.hypot(a, b)
+        out[..., :h], out[..., h:rotary_dim] = n, n
+    else:
+        a, b = y[..., 0:rotary_dim:2], y[..., 1:rotary_dim:2]
+        n = np.hypot(a, b)
+        out[..., 0:rotary_dim:2], out[..., 1:rotary_dim:2] = n, n
+    return out
+
+
+def angle_magnitude(positions_angles: np.ndarray, rotary_dim: int, head_dim: int, layout: str) -> np.ndarray:
+    """|phi| per element from per-pair angles of shape (..., r/2) (tail elements: 0)."""
+    a = np.abs(np.asarray(positions_angles, dtype=np.float64))
+    out = np.zeros(a.shape[:-1] + (head_dim,))
+    if layout == "half":
+        out[..., : rotary_dim // 2] = a
+        out[..., rotary_dim // 2: rotary_dim] = a
+    else:
+        out[..., 0:rotary_dim:2] = a
+        out[..., 1:rotary_dim:2] = a
+    return out
+
+
+def bound(expected: np.ndarray, phi: np.ndarray, rotary_dim: int, layout: str,
+          precision: Precision) -> np.ndarray:
+    """Elementwise tolerance for ``expected`` (float64) given per-element |phi| (same shape)."""
+    u_a = UNIT_ROUNDOFF[precision.angle]
+    u_c = UNIT_ROUNDOFF[precision.compute]
+    u_w = UNIT_ROUNDOFF[precision.working]
+    u_o = UNIT_ROUNDOFF[precision.dtype]
+    y = np.asarray(expected, dtype=np.float64)
+    pn = pair_norm(y, rotary_dim, layout)
+    rotated = np.zeros(y.shape, dtype=bool)
+    rotated[..., :rotary_dim] = True  # both layouts rotate the first rotary_dim features
+    rot_term = pn * (C_PHI * u_a * phi + C_CS * u_a + C_C * u_c + C_W * u_w)
+    tol = np.where(rotated, rot_term, 0.0) + u_o * np.abs(y)
+    return np.maximum(tol, TINY[precision.dtype])
+
+
+def error_ratio(actual: np.ndarray, expected: np.ndarray, tol: np.ndarray) -> np.ndarray:
+    """|actual - expected| / tol elementwise; NaN/inf where expected is finite count as inf."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        r = np.abs(a - e) / tol
+    same_nonfinite = ~np.isfinite(e) & ((a == e) | (np.isnan(a) & np.isnan(e)))
+    r = np.where(same_nonfinite, 0.0, r)
+    return np.where(np.isnan(r), np.inf, r)

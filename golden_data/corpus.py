@@ -1,0 +1,303 @@
+"""The golden-data corpus: the case grid (cases as code), its writer and its verifier.
+
+Grid (docs/golden-data.md): every variant record in
+``ropeconf.reference.variants.VARIANTS`` x layout (half, interleaved) x dims
+((head 64, rotary 64), (head 96, rotary 64): partial, non-power-of-two head)
+x position range (short, around the variant's threshold, long up to 2**20,
+scattered per batch row).  Inputs are seeded normal draws, stored in float64
+and rounded to float32/float16/bfloat16; the expected output for each input
+dtype is the float64 reference applied to that dtype's rounded input.
+
+Files: ``cases/<id>.npz`` (uncompressed, fixed zip timestamps, so regeneration
+is bit-for-bit reproducible) and ``manifest.json`` with schema and corpus
+versions, per-case spec/shapes/seed/reference version and every file's SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+CORPUS_VERSION = "1.0.0"
+DEFAULT_DIR = Path(__file__).resolve().parent
+INPUT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+BATCH, HEADS, SEQ = 2, 1, 8
+DIMS = ((64, 64), (96, 64))
+LAYOUTS = ("half", "interleaved")
+LONG = 2 ** 20
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _positions(kind: str, variant, spec, rng: np.random.Generator) -> np.ndarray | None:
+    """int64 positions (BATCH, SEQ[, streams]) for a range kind, or None when n/a."""
+    seq = np.arange(SEQ, dtype=np.int64)
+    th = variant.thresholds(spec)
+    top = min(LONG, variant.max_position)
+    if kind == "short":
+        p = np.broadcast_to(seq, (BATCH, SEQ))
+    elif kind == "below":          # max position + 1 == threshold: still "short" regime
+        if not th:
+            return None
+        p = np.broadcast_to(th[0] - SEQ + seq, (BATCH, SEQ))
+    elif kind == "above":          # max position + 1 == threshold + 1: first "long" regime
+        if not th:
+            return None
+        p = np.broadcast_to(th[0] - SEQ + 1 + seq, (BATCH, SEQ))
+    elif kind == "long":
+        p = np.broadcast_to(top - SEQ + seq, (BATCH, SEQ))
+    elif kind == "scattered":      # different, unsorted positions per batch row
+        p = rng.integers(0, top, size=(BATCH, SEQ), dtype=np.int64)
+    else:
+        raise ValueError(kind)
+    p = np.array(p, dtype=np.int64)
+    if variant.streams > 1:        # (t, h, w)-like coordinates: distinct per stream
+        p = np.stack([p // (s + 1) + s for s in range(variant.streams)], axis=-1)
+    return p
+
+
+POSITION_KINDS = ("short", "below", "above", "long", "scattered")
+
+
+def case_grid() -> list[dict[str, Any]]:
+    """The fixed, documented list of cases (id, variant, spec dict, seed, position kind)."""
+    from ropeconf.reference.variants import VARIANTS
+
+    cases = []
+    seed = 0
+    for vname, variant in VARIANTS.items():
+        for head, rot in DIMS:
+            for layout in LAYOUTS:
+                spec = variant.spec(head_dim=head, rotary_dim=rot, layout=layout)
+                for kind in POSITION_KINDS:
+                    seed += 1
+                    rng = np.random.default_rng([SCHEMA_VERSION, seed])
+                    pos = _positions(kind, variant, spec, rng)
+                    if pos is None:
+                        continue
+                    cid = f"{vname}__{layout}__d{head}r{rot}__{kind}"
+                    cases.append({"id": cid, "variant": vname, "spec": spec.to_dict(), "seed": seed,
+                                  "positions_kind": kind, "positions": pos})
+    return cases
+
+
+def _bf16_bits(x: np.ndarray) -> np.ndarray:
+    import ml_dtypes
+
+    return x.astype(ml_dtypes.bfloat16).view(np.uint16)
+
+
+def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
+    """x rounded to ``dtype`` (round to nearest even), returned in that dtype."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return x.astype(ml_dtypes.bfloat16)
+    return x.astype(dtype)
+
+
+def compute_case(case: dict[str, Any]) -> dict[str, np.ndarray]:
+    """All arrays of one case, from the reference."""
+    from ropeconf.reference import RopeSpec, apply, cos_sin, xpos_scale
+
+    spec = RopeSpec.from_dict(case["spec"])
+    rng = np.random.default_rng([SCHEMA_VERSION, case["seed"], 7])
+    x = rng.standard_normal((BATCH, HEADS, SEQ, spec.head_dim))
+    pos = case["positions"]
+    arrays: dict[str, np.ndarray] = {"positions": pos}
+    c, s = cos_sin(spec, pos)
+    arrays["cos"], arrays["sin"] = c, s
+    if spec.xpos:
+        arrays["xpos_scale_query"] = xpos_scale(spec, pos, role="query")
+    for dt in INPUT_DTYPES:
+        xr = round_to(x, dt)
+        arrays[f"x_{dt}"] = xr.view(np.uint16) if dt == "bfloat16" else xr
+        arrays[f"expected_{dt}"] = apply(spec, xr.astype(np.float64), pos)
+        if spec.xpos:
+            arrays[f"expected_key_{dt}"] = apply(spec, xr.astype(np.float64), pos, role="key")
+    return arrays
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A deterministic .npz: stored (no compression), sorted names, fixed timestamps."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            arr = io.BytesIO()
+            np.lib.format.write_array(arr, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            zf.writestr(info, arr.getvalue())
+    return buf.getvalue()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    from ropeconf.reference import REFERENCE_VERSION
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "corpus_version": CORPUS_VERSION,
+        "reference_version": REFERENCE_VERSION,
+        "generator": "ropeconf golden regenerate",
+        "layout": {"x": "(batch, heads, seq, head_dim)", "positions": "(batch, seq[, streams]) int64",
+                   "bfloat16": "stored as uint16 bit patterns", "expected": "float64"},
+        "input_dtypes": list(INPUT_DTYPES),
+        "cases": entries,
+    }
+
+
+def _dump_json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
+def build(jobs: int = 1) -> tuple[dict[str, bytes], bytes]:
+    """Every case file's bytes and the manifest bytes (nothing written)."""
+    cases = case_grid()
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs) as ex:
+            blobs = list(ex.map(_case_blob, cases, chunksize=8))
+    else:
+        blobs = [_case_blob(c) for c in cases]
+    files, entries = {}, []
+    for case, blob in zip(cases, blobs):
+        fname = f"cases/{case['id']}.npz"
+        files[fname] = blob
+        entries.append({"id": case["id"], "variant": case["variant"], "file": fname, "spec": case["spec"],
+                        "seed": case["seed"], "positions_kind": case["positions_kind"],
+                        "shapes": {"x": [BATCH, HEADS, SEQ, case["spec"]["head_dim"]],
+                                   "positions": list(case["positions"].shape)},
+                        "sha256": _sha256(blob)})
+    return files, _dump_json(_manifest(entries))
+
+
+def _case_blob(case: dict[str, Any]) -> bytes:
+    return _npz_bytes(compute_case(case))
+
+
+def regenerate(out: str | os.PathLike | None = None, jobs: int = 1) -> Path:
+    """Write the corpus atomically: build in a temp dir beside ``out``, then rename over it.
+
+    An interrupted run leaves the old corpus untouched.  Only ``cases/`` and
+    ``manifest.json`` are replaced; other files in ``out`` (this module) stay.
+    """
+    out = Path(out) if out else DEFAULT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    files, manifest = build(jobs)
+    tmp = Path(tempfile.mkdtemp(prefix=".golden-tmp-", dir=out))
+    try:
+        for name, blob in files.items():
+            p = tmp / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(blob)
+        (tmp / "manifest.json").write_bytes(manifest)
+        old = out / ".golden-old"
+        if old.exists():
+            shutil.rmtree(old)
+        if (out / "cases").exists():
+            os.rename(out / "cases", old)
+        os.rename(tmp / "cases", out / "cases")
+        os.replace(tmp / "manifest.json", out / "manifest.json")
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def read_manifest(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    path = Path(path) if path else DEFAULT_DIR
+    with open(path / "manifest.json", "rb") as f:
+        return json.load(f)
+
+
+def verify(path: str | os.PathLike | None = None, recompute: bool = False) -> list[str]:
+    """Problems found (empty when the corpus is intact): bad hash, missing, unexpected, schema.
+
+    With ``recompute`` every case is recomputed from the reference; stored and
+    recomputed arrays must agree to 4 ulp of the pair norm (exact on the
+    platform that generated them; libm's last bit may differ elsewhere).
+    """
+    path = Path(path) if path else DEFAULT_DIR
+    problems: list[str] = []
+    try:
+        man = read_manifest(path)
+    except FileNotFoundError:
+        return [f"missing: {path / 'manifest.json'}"]
+    except json.JSONDecodeError as e:
+        return [f"bad manifest.json: {e}"]
+    if man.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"schema_version {man.get('schema_version')!r} != supported {SCHEMA_VERSION}")
+    for key in ("corpus_version", "reference_version", "cases"):
+        if key not in man:
+            problems.append(f"manifest.json lacks {key!r}")
+    listed = {c["file"]: c for c in man.get("cases", [])}
+    on_disk = {p.relative_to(path).as_posix() for p in (path / "cases").glob("**/*") if p.is_file()} \
+        if (path / "cases").exists() else set()
+    for f in sorted(on_disk - set(listed)):
+        problems.append(f"unexpected: {f}")
+    for f, case in sorted(listed.items()):
+        fp = path / f
+        if not fp.exists():
+            problems.append(f"missing: {f}")
+            continue
+        if _sha256(fp.read_bytes()) != case["sha256"]:
+            problems.append(f"bad hash: {f}")
+            continue
+        if recompute:
+            problems += _recompare(case, load_case(path, case))
+    return problems
+
+
+def _recompare(case: dict[str, Any], stored: dict[str, np.ndarray]) -> list[str]:
+    fresh = compute_case({**case, "positions": stored["positions"]})
+    out = []
+    for name, arr in fresh.items():
+        old = stored.get(name)
+        if old is None:
+            out.append(f"recompute: {case['file']} lacks array {name}")
+            continue
+        a, b = np.asarray(arr, dtype=np.float64), np.asarray(old, dtype=np.float64)
+        if name.startswith("x_") or name == "positions":
+            ok = np.array_equal(np.asarray(arr), np.asarray(old))
+        else:
+            ok = a.shape == b.shape and bool(np.all(np.abs(a - b) <= 4 * 2.0 ** -52 * np.maximum(1.0, np.abs(b))))
+        if not ok:
+            out.append(f"recompute mismatch: {case['file']} array {name}")
+    return out
+
+
+def load_case(path: str | os.PathLike | None, case: dict[str, Any]) -> dict[str, np.ndarray]:
+    path = Path(path) if path else DEFAULT_DIR
+    with np.load(path / case["file"], allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def input_array(arrays: dict[str, np.ndarray], dtype: str) -> np.ndarray:
+    """The stored input in ``dtype`` (bfloat16 rebuilt from its bit pattern)."""
+    x = arrays[f"x_{dtype}"]
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return x.view(ml_dtypes.bfloat16)
+    return x
+
+
+def iter_cases(path: str | os.PathLike | None = None) -> Iterator[tuple[dict[str, Any], dict[str, np.ndarray]]]:
+    man = read_manifest(path)
+    for case in man["cases"]:
+        yield case, load_case(path, case)
