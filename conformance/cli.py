@@ -1,0 +1,437 @@
+"""``ropeconf``: the command line.
+
+Exit codes (CI gating): 0 nothing diverges outside the known-divergence
+registry; 1 something diverges, errors, or a known divergence is fixed; 2 usage
+or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+EXIT_OK, EXIT_DIVERGES, EXIT_USAGE = 0, 1, 2
+SYMBOL = {"conforms": "ok", "diverges": "DIV", "known": "known", "fixed": "FIXED", "error": "ERR",
+          "unsupported": "-", "unavailable": "n/a"}
+SHORT = {"default": "def", "theta500k": "th5e5", "linear": "lin", "ntk": "ntk", "dynamic": "dyn", "yarn": "yarn",
+         "yarn-notrunc": "yarnT", "yarn-deepseek": "yarnD", "longrope": "lrope", "longrope-position": "lropP",
+         "llama3": "ll3", "pixel": "pix", "constant": "const", "custom": "cust", "xpos": "xpos",
+         "axial2d": "ax2d", "mrope": "mrope", "mrope-interleaved": "mropI"}
+
+
+class UsageError(Exception):
+    pass
+
+
+def _dtypes(text: str) -> tuple[str, ...]:
+    from .adapter import DTYPES
+
+    vals = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in vals if v not in DTYPES]
+    if bad or not vals:
+        raise UsageError(f"--dtype {text!r}: each must be one of {', '.join(DTYPES)}")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ropeconf", description="RoPE reference, golden data and conformance suite.")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+
+    sub.add_parser("list", help="list adapters with availability, reason and version")
+
+    r = sub.add_parser("run", help="run adapters against golden data and property cases; print the matrix")
+    r.add_argument("--adapter", nargs="+", metavar="NAME",
+                   help="built-in name, entry point (group ropeconf.adapters) or module:attribute; "
+                        "default: every built-in adapter")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or cpu,cuda (default cpu)")
+    r.add_argument("--dtype", default="float32,bfloat16", help="comma list of float64,float32,float16,bfloat16 "
+                   "(default float32,bfloat16)")
+    r.add_argument("--profile", default="ci", choices=["ci", "dev", "thorough"],
+                   help="hypothesis examples per cell: ci 8, dev 40, thorough 400 (default ci)")
+    r.add_argument("--max-examples", type=int, help="override the profile's examples per cell")
+    r.add_argument("--seed", type=int, help="hypothesis seed (default: derandomized, reproducible)")
+    r.add_argument("--database", metavar="DIR", help="persist hypothesis examples (failing cases replay first)")
+    r.add_argument("--only", metavar="K=V,...", help="restrict cases, e.g. rope_type=default,layout=half "
+                   "(keys: any spec key, variant, dtype, device; '|' separates values)")
+    r.add_argument("--variants", help="comma list of variant records (default all; see `ropeconf variants`)")
+    r.add_argument("--no-golden", action="store_true", help="skip golden-data cases")
+    r.add_argument("--no-properties", action="store_true", help="skip hypothesis cases")
+    r.add_argument("--no-metamorphic", action="store_true", help="skip metamorphic checks")
+    r.add_argument("--golden-dir", metavar="DIR", help="golden corpus to use (default: the installed one)")
+    r.add_argument("--known", nargs="+", metavar="TOML", help="known-divergence files (default conformance/known/*.toml)")
+    r.add_argument("--jobs", type=int, default=2, help="adapters run in parallel worker processes (default 2)")
+    r.add_argument("--timeout", type=float, default=900.0, help="seconds before a worker is killed (default 900)")
+    r.add_argument("--in-process", action="store_true", help="run adapters in this process (no isolation)")
+    r.add_argument("--json", metavar="PATH", help="write the full results as JSON")
+    r.add_argument("--report", metavar="PATH", help="write a self-contained HTML report")
+
+    rp = sub.add_parser("replay", help="re-run one case (a 'minimal' case from a JSON report) and judge it")
+    rp.add_argument("--adapter", required=True)
+    rp.add_argument("--case", required=True, help="JSON object with spec, positions, dtype, seed[, heads, device, "
+                    "role], or @FILE")
+
+    sub.add_parser("variants", help="list the variant records and their sources")
+
+    g = sub.add_parser("golden", help="golden-data corpus")
+    gs = g.add_subparsers(dest="golden_cmd", metavar="ACTION")
+    gr = gs.add_parser("regenerate", help="regenerate the corpus atomically (bit-for-bit reproducible)")
+    gr.add_argument("--out", metavar="DIR", help="target directory (default: the corpus in the package)")
+    gr.add_argument("--jobs", type=int, default=2)
+    gv = gs.add_parser("verify", help="check hashes and schema; non-zero exit names each bad file")
+    gv.add_argument("--path", metavar="DIR")
+    gv.add_argument("--recompute", action="store_true", help="also recompute every case from the reference")
+
+    rep = sub.add_parser("report", help="compare or merge JSON results")
+    rs = rep.add_subparsers(dest="report_cmd", metavar="ACTION")
+    rc = rs.add_parser("compare", help="what changed between two runs, regressions first")
+    rc.add_argument("old")
+    rc.add_argument("new")
+    rm = rs.add_parser("merge", help="merge JSON parts of a split run into one")
+    rm.add_argument("parts", nargs="+")
+    rm.add_argument("--json", metavar="PATH")
+    rm.add_argument("--report", metavar="PATH")
+
+    gp = sub.add_parser("gpu-parity", help="CuPy vs NumPy reference and torch CUDA vs CPU adapters (needs a GPU)")
+    gp.add_argument("--adapter", nargs="*", default=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_USAGE if e.code not in (0, None) else EXIT_OK
+    try:
+        if args.cmd == "list":
+            return cmd_list()
+        if args.cmd == "run":
+            return cmd_run(args)
+        if args.cmd == "replay":
+            return cmd_replay(args)
+        if args.cmd == "variants":
+            return cmd_variants()
+        if args.cmd == "golden":
+            return cmd_golden(args, ap)
+        if args.cmd == "report":
+            return cmd_report(args, ap)
+        if args.cmd == "gpu-parity":
+            from .gpu import cmd_gpu_parity
+
+            return cmd_gpu_parity(args)
+        ap.print_help()
+        return EXIT_USAGE
+    except (UsageError, ValueError, TypeError) as e:
+        print(f"ropeconf: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# ----------------------------------------------------------------------------- list / variants
+def cmd_list() -> int:
+    import subprocess
+
+    from ropeconf.adapters import BUILTIN
+
+    from .runner import _adapter_env
+
+    names = sorted(BUILTIN) + _entry_point_names()
+    print(f"{'adapter':20} {'status':12} {'version':14} reason")
+    for name in names:
+        env = dict(os.environ, **_adapter_env(name))
+        code = ("import json,sys\nfrom ropeconf.conformance.adapter import load_adapter\n"
+                f"a=load_adapter({name!r})\nw=a.availability()\n"
+                "print(json.dumps([a.version(), w]))")
+        try:
+            p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+            version, why = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
+                ("?", (p.stderr.strip().splitlines() or ["failed"])[-1])
+        except Exception as e:
+            version, why = "?", f"{type(e).__name__}: {e}"
+        status = "available" if not why else "unavailable"
+        print(f"{name:20} {status:12} {str(version):14} {why or ''}")
+    return EXIT_OK
+
+
+def _entry_point_names() -> list[str]:
+    import importlib.metadata
+
+    return sorted(ep.name for ep in importlib.metadata.entry_points(group="ropeconf.adapters"))
+
+
+def cmd_variants() -> int:
+    from ropeconf.reference.variants import VARIANTS
+
+    for name, v in VARIANTS.items():
+        print(f"{name:20} {SHORT.get(name, name):6} {v.source}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- run
+def cmd_run(args: argparse.Namespace) -> int:
+    from ropeconf.adapters import BUILTIN
+    from ropeconf.reference.variants import VARIANTS
+
+    from .adapter import load_adapter
+    from .runner import RunConfig, parse_only, run_adapter, run_isolated
+
+    devices = tuple(d.strip() for d in args.device.split(",") if d.strip())
+    bad = [d for d in devices if d not in ("cpu", "cuda")]
+    if bad or not devices:
+        raise UsageError(f"--device {args.device!r}: must be cpu, cuda or cpu,cuda")
+    variants = None
+    if args.variants:
+        variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise UsageError("--max-examples must be >= 1")
+    cfg = RunConfig(dtypes=_dtypes(args.dtype), devices=devices, profile=args.profile,
+                    max_examples=args.max_examples, seed=args.seed, database=args.database,
+                    golden_dir=args.golden_dir, golden=not args.no_golden, properties=not args.no_properties,
+                    metamorphic=not args.no_metamorphic, only=parse_only(args.only), variants=variants,
+                    known_files=tuple(args.known) if args.known else None)
+    if cfg.golden:
+        from ropeconf.golden_data import corpus
+
+        problems = corpus.verify(cfg.golden_dir)
+        if problems:
+            raise UsageError("golden data failed verification: " + "; ".join(problems[:5]))
+    names = args.adapter or sorted(BUILTIN)
+    for n in names:  # resolve early: a typo is a usage error, a missing library is not
+        if n not in BUILTIN:
+            load_adapter(n)
+    prog = _Progress()
+    t0 = time.time()
+    if args.in_process:
+        reports = [run_adapter(n, cfg, prog) for n in names]
+    else:
+        reports = run_isolated(names, cfg, jobs=args.jobs, timeout=args.timeout, progress=prog)
+    prog.close()
+    result = {"tool": "ropeconf", "version": _version(), "config": cfg.to_dict(), "seconds": time.time() - t0,
+              "adapters": reports}
+    print(render_matrix(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"JSON results: {args.json}")
+    if args.report:
+        from .report import write_html
+
+        write_html(result, args.report)
+        print(f"HTML report: {args.report}")
+    return exit_code(result)
+
+
+def exit_code(result: dict[str, Any]) -> int:
+    for rep in result["adapters"]:
+        for cell in rep["cells"]:
+            if cell["outcome"] in ("diverges", "error", "fixed"):
+                return EXIT_DIVERGES
+    return EXIT_OK
+
+
+def _version() -> str:
+    try:
+        import importlib.metadata
+
+        return importlib.metadata.version("rope-conformance")
+    except Exception:
+        return "?"
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+        self.state: dict[str, str] = {}
+
+    def __call__(self, msg: str) -> None:
+        name = msg.split(":", 1)[0]
+        self.state[name] = msg
+        now = time.time()
+        if "finished" in msg:
+            self._line(msg, final=True)
+        elif now - self.last > (0.5 if self.tty else 15):
+            self.last = now
+            self._line(" | ".join(v for v in self.state.values() if "finished" not in v))
+
+    def _line(self, text: str, final: bool = False) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text[:150] + ("\n" if final else ""))
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def render_matrix(result: dict[str, Any]) -> str:
+    """The terminal matrix: one row per adapter x dtype x device, one column per variant."""
+    from ropeconf.reference.variants import VARIANTS
+
+    variants = [v for v in VARIANTS if any(c["variant"] == v for r in result["adapters"] for c in r["cells"])]
+    head = f"{'adapter':18} {'version':10} {'dtype':8} {'dev':4} " + " ".join(f"{SHORT.get(v, v)[:6]:>6}" for v in variants)
+    lines = [head, "-" * len(head)]
+    details = []
+    for rep in result["adapters"]:
+        rows: dict[tuple[str, str], dict[str, dict]] = {}
+        for c in rep["cells"]:
+            rows.setdefault((c["dtype"], c["device"]), {})[c["variant"]] = c
+        for (dt, dev), cells in rows.items():
+            vals = [SYMBOL.get(cells[v]["outcome"], "?") if v in cells else "" for v in variants]
+            lines.append(f"{rep['adapter'][:18]:18} {str(rep.get('version', '?'))[:10]:10} {dt:8} {dev:4} "
+                         + " ".join(f"{s:>6}" for s in vals))
+            for v in variants:
+                c = cells.get(v)
+                if c and c["outcome"] in ("diverges", "error", "fixed", "known"):
+                    details.append((rep["adapter"], v, dt, dev, c))
+    lines.append("")
+    lines.append("ok conforms | DIV diverges | known: known divergence (registry) | FIXED: registry entry no longer "
+                 "reproduces | ERR library raised | - unsupported | n/a unavailable")
+    lines.append("columns: " + ", ".join(f"{SHORT.get(v, v)}={v}" for v in variants))
+    unavailable = [(r["adapter"], r.get("unavailable") or r.get("crashed")) for r in result["adapters"]
+                   if r.get("unavailable") or r.get("crashed")]
+    if unavailable:
+        lines.append("")
+        lines.append("Unavailable adapters:")
+        lines += [f"  {a}: {why[:300]}" for a, why in unavailable]
+    failing = [d for d in details if d[4]["outcome"] != "known"]
+    if failing:
+        lines.append("")
+        lines.append("Divergences and errors (smallest failing case; replay with `ropeconf replay`):")
+        for a, v, dt, dev, c in failing:
+            lines.append(f"  {a} {v} {dt} {dev}: {c['outcome']}: {c.get('message', '')[:300]}")
+            m = c.get("minimal")
+            if m and m.get("spec") is not None and m.get("positions") is not None:
+                case = {"spec": m["spec"], "positions": m["positions"], "dtype": dt, "device": dev,
+                        "seed": m.get("seed"), "heads": (m.get("worst") or {}).get("heads", 1), "role": m.get("role")}
+                if m.get("source") == "golden":
+                    case = {"golden": m["case_id"], "dtype": dt, "device": dev}
+                lines.append(f"      ropeconf replay --adapter {a} --case '{json.dumps(case, separators=(',', ':'))}'")
+    known = [d for d in details if d[4]["outcome"] == "known"]
+    if known:
+        lines.append("")
+        lines.append("Known divergences (registry):")
+        seen = set()
+        for a, v, dt, dev, c in known:
+            kid = (c.get("minimal") or {}).get("known_id")
+            key = (a, kid, v)
+            if key in seen:
+                continue
+            seen.add(key)
+            lines.append(f"  {a} {v} {dt}: {kid} (max {_fmt_ratio(c.get('max_ratio'))} x tolerance)")
+    lines.append("")
+    lines.append(f"{sum(len(r['cells']) for r in result['adapters'])} cells, "
+                 f"{len(result['adapters'])} adapters, {result.get('seconds', 0):.1f} s")
+    return "\n".join(lines)
+
+
+def _fmt_ratio(r: float | None) -> str:
+    return "?" if r is None else f"{r:.3g}"
+
+
+# ----------------------------------------------------------------------------- replay
+def cmd_replay(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ropeconf.reference import RopeSpec
+
+    from .adapter import load_adapter
+    from .judge import judge, make_input
+
+    text = args.case
+    if text.startswith("@"):
+        with open(text[1:]) as f:
+            text = f.read()
+    case = json.loads(text)
+    adapter = load_adapter(args.adapter)
+    why = adapter.availability()
+    if why:
+        print(f"{adapter.name}: unavailable: {why}")
+        return EXIT_USAGE
+    dtype, device = case.get("dtype", "float32"), case.get("device", "cpu")
+    if "golden" in case:
+        from ropeconf.golden_data import corpus
+
+        entry = next((c for c in corpus.read_manifest()["cases"] if c["id"] == case["golden"]), None)
+        if entry is None:
+            raise UsageError(f"no golden case {case['golden']!r}")
+        arrays = corpus.load_case(None, entry)
+        spec = RopeSpec.from_dict(entry["spec"])
+        r = judge(adapter, spec, corpus.input_array(arrays, dtype), arrays["positions"], dtype=dtype, device=device,
+                  source="golden", case_id=entry["id"], expected=arrays[f"expected_{dtype}"])
+    else:
+        spec = RopeSpec.from_dict(case["spec"])
+        pos = np.asarray(case["positions"], dtype=np.int64)
+        x = make_input(spec, pos.shape[0], int(case.get("heads") or 1), pos.shape[1], dtype, int(case.get("seed") or 0))
+        r = judge(adapter, spec, x, pos, dtype=dtype, device=device, role=case.get("role") or "query",
+                  seed=case.get("seed"))
+    print(json.dumps({k: r.to_dict()[k] for k in ("outcome", "max_ratio", "max_abs_error", "message", "worst")},
+                     indent=1, default=str))
+    return EXIT_OK if r.outcome in ("conforms", "unsupported") else EXIT_DIVERGES
+
+
+# ----------------------------------------------------------------------------- golden
+def cmd_golden(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    from ropeconf.golden_data import corpus
+
+    if args.golden_cmd == "regenerate":
+        t0 = time.time()
+        out = corpus.regenerate(args.out, jobs=args.jobs)
+        n = len(corpus.read_manifest(out)["cases"])
+        print(f"wrote {n} cases to {out} in {time.time() - t0:.1f} s")
+        return EXIT_OK
+    if args.golden_cmd == "verify":
+        problems = corpus.verify(args.path, recompute=args.recompute)
+        for p in problems:
+            print(p)
+        if problems:
+            print(f"golden data: {len(problems)} problem(s)", file=sys.stderr)
+            return EXIT_DIVERGES
+        man = corpus.read_manifest(args.path)
+        print(f"golden data OK: {len(man['cases'])} cases, corpus {man['corpus_version']}, "
+              f"schema {man['schema_version']}" + (", recomputed" if args.recompute else ""))
+        return EXIT_OK
+    ap.parse_args(["golden", "--help"])
+    return EXIT_USAGE
+
+
+# ----------------------------------------------------------------------------- report
+def cmd_report(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
+    from . import report
+
+    if args.report_cmd == "compare":
+        text, regressions = report.compare(_load_json(args.old), _load_json(args.new))
+        print(text)
+        return EXIT_DIVERGES if regressions else EXIT_OK
+    if args.report_cmd == "merge":
+        merged = report.merge([_load_json(p) for p in args.parts])
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(merged, f, indent=1)
+        if args.report:
+            report.write_html(merged, args.report)
+        print(render_matrix(merged))
+        return exit_code(merged)
+    ap.parse_args(["report", "--help"])
+    return EXIT_USAGE
+
+
+def _load_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UsageError(f"cannot read results {path!r}: {e}") from e
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""The conformance test template, collected by ``pytest --pyargs ropeconf.conformance``.
+
+Parametrized by the plugin (ropeconf.conformance.pytest_plugin) over
+(adapter, variant, dtype, device) cells given by ``--ropeconf-adapter``.
+"""
+
+from ropeconf.conformance.pytest_plugin import check_cell
+
+
+def test_cell(ropeconf_cell, request):
+    check_cell(request.config, ropeconf_cell)
