@@ -114,7 +114,7 @@ def _golden(adapter: Adapter, variant: str, dtype: str, device: str, cases, cfg:
 
 def _properties(adapter: Adapter, variant: Variant, dtype: str, device: str, cfg: RunConfig,
                 classify: Callable[[CaseResult], CaseResult]) -> list[CaseResult]:
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
     from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -141,8 +141,9 @@ def _properties(adapter: Adapter, variant: Variant, dtype: str, device: str, cfg
     test.hypothesis.inner_test._hypothesis_internal_add_digest = \
         f"{adapter.name}|{variant.name}|{dtype}|{device}".encode()
     db = DirectoryBasedExampleDatabase(cfg.database) if cfg.database else None
-    test = settings(max_examples=n, deadline=None, database=db, derandomize=cfg.seed is None,
-                    suppress_health_check=list(HealthCheck), print_blob=False)(test)
+    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]  # no slow "explain" phase
+    test = settings(max_examples=n, deadline=None, database=db, derandomize=cfg.seed is None, phases=phases,
+                    suppress_health_check=list(HealthCheck), print_blob=False, report_multiple_bugs=False)(test)
     if cfg.seed is not None:
         test = hseed(cfg.seed)(test)
     try:
@@ -261,9 +262,10 @@ def run_adapter(adapter: Adapter | str, cfg: RunConfig, progress: Callable[[str]
                 ) -> dict[str, Any]:
     """Run every cell for one adapter in this process; returns its JSON-ready report."""
     t0 = time.time()
+    label = adapter if isinstance(adapter, str) else None
     if isinstance(adapter, str):
         adapter = load_adapter(adapter)
-    report: dict[str, Any] = {"adapter": adapter.name, "library": adapter.distribution,
+    report: dict[str, Any] = {"adapter": label or adapter.name, "library": adapter.distribution,
                               "version": adapter.version(), "cells": [], "cases": []}
     why = adapter.availability()
     variants = [v for name, v in VARIANTS.items() if cfg.variants is None or name in cfg.variants]

@@ -1,0 +1,184 @@
+"""The CLI, the runner's isolation, the registry and the pytest plugin, on toy adapters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ropeconf.conformance import registry
+from ropeconf.conformance.adapter import FunctionAdapter, load_adapter
+from ropeconf.conformance.runner import RunConfig, parse_only, run_adapter, run_isolated
+
+FAST = ["--variants", "default,linear", "--profile", "ci", "--max-examples", "3"]
+
+
+def ropeconf(*args, env=None, timeout=300):
+    return subprocess.run([sys.executable, "-m", "ropeconf.conformance.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+def test_run_conforming_adapter_exits_0(tmp_path, toy_env):
+    r = ropeconf("run", "--adapter", "toy_rope:rope_adapter", *FAST, "--json", str(tmp_path / "r.json"), env=toy_env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ok" in r.stdout and "default" in r.stdout
+    res = json.loads((tmp_path / "r.json").read_text())
+    cells = {(c["variant"], c["dtype"]): c["outcome"] for c in res["adapters"][0]["cells"]}
+    assert cells[("default", "float32")] == "conforms"
+    assert cells[("linear", "float32")] == "unsupported"  # declared, not passed
+
+
+def test_run_diverging_adapter_exits_1_with_replayable_minimal_case(tmp_path, toy_env):
+    out = tmp_path / "r.json"
+    r = ropeconf("run", "--adapter", "toy_rope:buggy_adapter", *FAST, "--json", str(out), env=toy_env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "DIV" in r.stdout and "ropeconf replay" in r.stdout
+    res = json.loads(out.read_text())
+    cell = next(c for c in res["adapters"][0]["cells"] if c["variant"] == "default" and c["dtype"] == "bfloat16")
+    assert cell["outcome"] == "diverges" and cell["max_ratio"] > 1
+    line = next(ln for ln in r.stdout.splitlines() if "ropeconf replay" in ln and "bfloat16" in ln)
+    case = line.split("--case '", 1)[1].rstrip("'")
+    rr = ropeconf("replay", "--adapter", "toy_rope:buggy_adapter", "--case", case, env=toy_env)
+    assert rr.returncode == 1 and '"diverges"' in rr.stdout
+
+
+def test_minimal_property_case_is_shrunk(toy_env):
+    cfg = RunConfig(dtypes=("bfloat16",), variants=("default",), golden=False, metamorphic=False, max_examples=30)
+    from toy_rope import buggy_adapter
+
+    rep = run_adapter(FunctionAdapter(buggy_adapter, "buggy"), cfg)
+    m = rep["cells"][0]["minimal"]
+    assert m["case_id"].endswith(":minimal")
+    pos = m["positions"]
+    # shrinking reaches a small case: one batch row, few tokens
+    assert len(pos) == 1 and len(pos[0]) <= 2
+
+
+@pytest.mark.parametrize("args", [["run", "--dtype", "float8"], ["run", "--device", "tpu"],
+                                  ["run", "--adapter", "no_such_adapter_xyz"], ["run", "--only", "layout"],
+                                  ["run", "--variants", "nope"], ["frobnicate"]])
+def test_usage_errors_exit_2(args, toy_env):
+    r = ropeconf(*args, env=toy_env)
+    assert r.returncode == 2, r.stdout + r.stderr
+
+
+def test_only_restricts_cases():
+    assert parse_only("rope_type=default,layout=half|interleaved") == \
+        {"rope_type": ["default"], "layout": ["half", "interleaved"]}
+    from toy_rope import rope_adapter
+
+    cfg = RunConfig(dtypes=("float32",), variants=("default",), properties=False, metamorphic=False,
+                    only={"head_dim": ["96"]})
+    rep = run_adapter(FunctionAdapter(rope_adapter, "toy"), cfg)
+    assert rep["cases"] and all(c["spec"]["head_dim"] == 96 for c in rep["cases"])
+
+
+def test_isolation_crash_hang_and_missing_library_do_not_stop_the_run(toy_env):
+    cfg = RunConfig(dtypes=("float32",), variants=("default",), golden=False, metamorphic=False, max_examples=2)
+    names = ["toy_rope.faulty:crashing_adapter", "toy_rope.faulty:hanging_adapter",
+             "toy_rope.faulty:raising_adapter", "toy_rope.faulty:MissingLibraryAdapter", "toy_rope:rope_adapter"]
+    reps = run_isolated(names, cfg, jobs=2, timeout=20)
+    out = {r["adapter"]: r["cells"][0] for r in reps}
+    assert out[names[0]]["outcome"] == "error" and "exited with 139" in out[names[0]]["message"]
+    assert out[names[1]]["outcome"] == "error" and "timed out" in out[names[1]]["message"]
+    assert out[names[2]]["outcome"] == "error" and "kernel not implemented" in out[names[2]]["message"]
+    assert out[names[3]]["outcome"] == "unavailable" and "no_such_module_for_ropeconf" in out[names[3]]["message"]
+    assert out[names[4]]["outcome"] == "conforms"
+
+
+def _registry(tmp_path, match):
+    p = tmp_path / "k.toml"
+    p.write_text(textwrap.dedent(f"""
+        [[divergence]]
+        id = "toy-bf16-positions"
+        adapter = "buggy*"
+        library = "toy-rope"
+        versions = "*"
+        match = {match}
+        reason = "positions formed in bfloat16"
+        upstream = "tests/toy_pkg"
+        """))
+    return p
+
+
+def test_registry_known_and_fixed(tmp_path):
+    from toy_rope import buggy_adapter, rope_adapter
+
+    known = _registry(tmp_path, '{ dtype = "bfloat16", rope_type = "default" }')
+    cfg = RunConfig(dtypes=("bfloat16",), variants=("default",), known_files=(str(known),), max_examples=3)
+    rep = run_adapter(FunctionAdapter(buggy_adapter, "buggy"), cfg)
+    assert rep["cells"][0]["outcome"] == "known"
+    # the same entry against a correct implementation: it no longer reproduces -> "fixed", which fails a run
+    rep = run_adapter(FunctionAdapter(rope_adapter, "buggy-but-fixed"), cfg)
+    assert rep["cells"][0]["outcome"] == "fixed"
+    from ropeconf.conformance.cli import exit_code
+
+    assert exit_code({"adapters": [rep]}) == 1
+
+
+def test_registry_schema_is_enforced(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('[[divergence]]\nid = "x"\nadapter = "a"\n')
+    with pytest.raises(ValueError, match="lacks"):
+        registry.load([p])
+
+
+def test_shipped_registry_loads():
+    entries = registry.load()
+    for e in entries:
+        assert e.reason and e.upstream and e.versions
+
+
+def test_load_adapter_forms():
+    from toy_rope import rope_adapter
+
+    assert load_adapter("toy_rope:rope_adapter").name == "rope_adapter"
+    assert load_adapter(rope_adapter).capabilities.layouts == ("half",)
+    with pytest.raises(ValueError, match="no attribute"):
+        load_adapter("toy_rope:nope")
+
+
+def test_list_reports_availability_and_reasons(toy_env):
+    r = ropeconf("list", env=toy_env, timeout=600)
+    assert r.returncode == 0
+    assert "adapter" in r.stdout and "zeta" in r.stdout
+
+
+def test_report_compare_puts_regressions_first(tmp_path):
+    from ropeconf.conformance.report import compare, merge
+
+    cell = {"variant": "default", "dtype": "float32", "device": "cpu"}
+    old = {"adapters": [{"adapter": "a", "version": "1", "cells": [{**cell, "outcome": "conforms"},
+                                                                     {**cell, "dtype": "bfloat16", "outcome": "diverges"}]}]}
+    new = {"adapters": [{"adapter": "a", "version": "2", "cells": [{**cell, "outcome": "diverges", "message": "m"},
+                                                                     {**cell, "dtype": "bfloat16", "outcome": "conforms"}]}]}
+    text, n = compare(old, new)
+    assert n == 1 and text.index("Regressions") < text.index("Improvements")
+    assert "version 1 -> 2" in text
+    merged = merge([old, {"adapters": [{"adapter": "b", "version": "1", "cells": [{**cell, "outcome": "conforms"}]}]}])
+    assert [a["adapter"] for a in merged["adapters"]] == ["a", "b"]
+    (tmp_path / "o.json").write_text(json.dumps(old))
+    (tmp_path / "n.json").write_text(json.dumps(new))
+    r = ropeconf("report", "compare", str(tmp_path / "o.json"), str(tmp_path / "n.json"))
+    assert r.returncode == 1 and "Regressions (1)" in r.stdout
+
+
+pytest_plugins = ["pytester"]
+
+
+def test_pytest_plugin_gates_and_writes_junit(pytester, toy_env):
+    pytester.syspathinsert(str(__import__("toy_rope").__path__[0] + "/.."))
+    junit = pytester.path / "rope.xml"
+    args = ["--pyargs", "ropeconf.conformance",
+            "--ropeconf-variants=default,linear", "--ropeconf-dtype=float32", "--ropeconf-max-examples=3",
+            "-p", "no:cacheprovider", "-p", "no:randomly"]
+    ok = pytester.runpytest_subprocess(*args, "--ropeconf-adapter=toy_rope:rope_adapter", f"--junitxml={junit}")
+    ok.assert_outcomes(passed=1, skipped=1)
+    assert junit.exists() and "testcase" in junit.read_text()
+    bad = pytester.runpytest_subprocess(*args, "--ropeconf-adapter=toy_rope:buggy_adapter",
+                                        "--ropeconf-dtype=bfloat16")
+    bad.assert_outcomes(failed=1, skipped=1)
+    bad.stdout.fnmatch_lines(["*diverges*", "*ropeconf replay*"])
