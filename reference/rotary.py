@@ -141,27 +141,44 @@ def inv_freq(spec: RopeSpec | dict, seq_len: int | None = None) -> tuple[np.ndar
 
 
 def _angles_cos_sin(xp, spec: RopeSpec, positions, seq_len: int | None):
-    """cos, sin of shape P + (n_pairs,) (P = positions.shape without the stream axis)."""
+    """cos, sin of shape P + (n_pairs,) (P = positions.shape without the stream axis).
+
+    Plain positions are de-duplicated first (batch rows usually repeat the same
+    positions), so the double-double work scales with the distinct positions.
+    """
     positions = _check_positions(xp, spec, positions)
     if seq_len is None:
         seq_len = _default_seq_len(xp, positions)
+    dev = _device(positions)
     p = xp.astype(positions, xp.float64)
+    if spec.n_streams == 1 and p.ndim >= 1 and p.size > 1:
+        uniq, inverse = xp.unique_inverse(p)
+        if uniq.shape[0] < p.size:
+            c, s = _cos_sin_flat(xp, spec, uniq, seq_len, dev)
+            idx = xp.reshape(inverse, (-1,))
+            shape = tuple(p.shape) + (spec.n_pairs,)
+            return (xp.reshape(xp.take(c, idx, axis=0), shape), xp.reshape(xp.take(s, idx, axis=0), shape),
+                    seq_len)
+    c, s = _cos_sin_flat(xp, spec, p, seq_len, dev)
+    return c, s, seq_len
+
+
+def _cos_sin_flat(xp, spec: RopeSpec, p, seq_len: int | None, dev):
+    """cos, sin for float64 positions p of shape Q (+ (n_streams,) for multi-stream specs)."""
     _, stream = pair_index(spec)
     if spec.n_streams > 1:
-        p = xp.take(p, xp.asarray(stream, device=_device(positions)), axis=-1)  # P + (n_pairs,)
+        p = xp.take(p, xp.asarray(stream, device=dev), axis=-1)  # Q + (n_pairs,)
     else:
-        p = xp.expand_dims(p, axis=-1)  # P + (1,)
-    dev = _device(positions)
+        p = xp.expand_dims(p, axis=-1)  # Q + (1,)
     if spec.rope_type == "longrope" and spec.longrope_switch == "position":
         out = []
         for long in (False, True):
             hi, lo, _ = _omega_dd(spec, seq_len, long)
             out.append(cos_sin_dd(xp, *dd_angle(p, xp.asarray(hi, device=dev), xp.asarray(lo, device=dev))))
         is_long = p >= spec.original_max_position_embeddings
-        return xp.where(is_long, out[1][0], out[0][0]), xp.where(is_long, out[1][1], out[0][1]), seq_len
+        return xp.where(is_long, out[1][0], out[0][0]), xp.where(is_long, out[1][1], out[0][1])
     hi, lo, _ = _omega_dd(spec, seq_len)
-    c, s = cos_sin_dd(xp, *dd_angle(p, xp.asarray(hi, device=dev), xp.asarray(lo, device=dev)))
-    return c, s, seq_len
+    return cos_sin_dd(xp, *dd_angle(p, xp.asarray(hi, device=dev), xp.asarray(lo, device=dev)))
 
 
 def _device(a):
@@ -241,7 +258,15 @@ def _xpos(xp, spec: RopeSpec, positions, seq_len, role):
 
 
 def _rotate(xp, spec: RopeSpec, x, c, s):
-    """Rotate the first rotary_dim features of x by per-pair (c, s); pass the tail through."""
+    """Rotate the first rotary_dim features of x by per-pair (c, s); pass the tail through.
+
+    Per pair (a, b) -> (a c - b s, b c + a s): the same two products and one sum on
+    every path, so all paths give bit-identical results.
+    """
+    native = _native_module(x)
+    shape = tuple(np.broadcast_shapes(tuple(x.shape[:-1]), tuple(c.shape[:-1]))) + (spec.head_dim,)
+    if native is not None and tuple(x.shape) == shape:
+        return _rotate_blocked(native, spec, x, c, s)
     r, h = spec.rotary_dim, spec.n_pairs
     if spec.layout == "half":
         x1, x2 = x[..., :h], x[..., h:r]
@@ -257,6 +282,59 @@ def _rotate(xp, spec: RopeSpec, x, c, s):
         tail = x[..., r:]
         parts.append(xp.broadcast_to(tail, o1.shape[:-1] + (tail.shape[-1],)))
     return xp.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
+
+
+_BLOCK = 1 << 15  # elements per half-slab: temporaries stay in cache (~256 KiB)
+
+
+def _native_module(x):
+    """NumPy or CuPy itself (ufuncs with ``out=``) for the blocked fast path, else None."""
+    import array_api_compat
+
+    if array_api_compat.is_numpy_array(x):
+        return np
+    if array_api_compat.is_cupy_array(x):
+        import cupy
+
+        return cupy
+    return None
+
+
+def _rotate_blocked(mod, spec: RopeSpec, x, c, s):
+    """The same arithmetic as the generic path, written into one output in cache-sized slabs.
+
+    The generic path streams five full-size temporaries through memory; here each
+    slab's temporaries stay in cache, so the cost approaches one read of x and one
+    write of the output.
+    """
+    r, h, d = spec.rotary_dim, spec.n_pairs, spec.head_dim
+    out = mod.empty(x.shape, dtype=mod.float64)
+    if r < d:
+        out[..., r:] = x[..., r:]
+    lead = x.shape[:-1]
+    cb = mod.broadcast_to(c, lead + (h,))
+    sb = mod.broadcast_to(s, lead + (h,))
+    rows = max(1, _BLOCK // max(h, 1))
+    n_outer = int(np.prod(lead[:-1])) if len(lead) > 1 else 1
+    seq = lead[-1] if lead else 1
+    tmp = mod.empty((min(rows, seq), h), dtype=mod.float64)
+    for idx in np.ndindex(*lead[:-1]) if n_outer else ():
+        for r0 in range(0, seq, rows):
+            sl = idx + (slice(r0, r0 + rows),)
+            xs, os_ = x[sl], out[sl]
+            cs, ss = cb[sl], sb[sl]
+            t = tmp[: xs.shape[0]]
+            if spec.layout == "half":
+                a, b, oa, ob = xs[:, :h], xs[:, h:r], os_[:, :h], os_[:, h:r]
+            else:
+                a, b, oa, ob = xs[:, 0:r:2], xs[:, 1:r:2], os_[:, 0:r:2], os_[:, 1:r:2]
+            mod.multiply(a, cs, out=oa)
+            mod.multiply(b, ss, out=t)
+            mod.subtract(oa, t, out=oa)
+            mod.multiply(b, cs, out=ob)
+            mod.multiply(a, ss, out=t)
+            mod.add(ob, t, out=ob)
+    return out
 
 
 def _prepare_x(xp, spec: RopeSpec, x):
