@@ -123,7 +123,7 @@ class Adapter:
         try:
             return importlib.metadata.version(self.distribution)
         except importlib.metadata.PackageNotFoundError:
-            return "not installed"
+            return "unknown"
 
     def why_unsupported(self, spec: RopeSpec, dtype: str, device: str,
                         positions: np.ndarray | None = None) -> str | None:
