@@ -62,7 +62,8 @@ class Capabilities:
     mrope: bool = False
     positions: str = "arbitrary"   # the most general kind of positions it accepts (POSITION_KINDS)
     max_position: int | None = None
-    angle_dtype: str | None = None  # dtype its angles are formed in, if not the tolerance default
+    angle_dtype: str | None = None    # dtype its angles are formed in, if not the tolerance default
+    compute_dtype: str | None = None  # dtype its cos/sin are rounded to, if not the tested dtype
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Capabilities":

@@ -16,7 +16,7 @@ import numpy as np
 from ropeconf.reference import RopeSpec, angles, apply
 
 from .adapter import Adapter
-from .tolerance import Precision, angle_magnitude, bound, error_ratio
+from .tolerance import Precision, angle_error_factor, angle_magnitude, bound, error_ratio
 
 OUTCOMES = ("conforms", "known", "unsupported", "unavailable", "fixed", "diverges", "error")
 FAILING = ("diverges", "fixed", "error")
@@ -55,14 +55,16 @@ def make_input(spec: RopeSpec, batch: int, heads: int, seq: int, dtype: str, see
 
 
 def precision_for(adapter: Adapter, dtype: str) -> Precision:
-    angle = getattr(adapter.capabilities, "angle_dtype", None)
-    return Precision.conventional(dtype, angle)
+    caps = adapter.capabilities
+    return Precision.conventional(dtype, getattr(caps, "angle_dtype", None), getattr(caps, "compute_dtype", None))
 
 
-def _phi(spec: RopeSpec, positions: np.ndarray, x_shape: tuple[int, ...]) -> np.ndarray:
+def angle_terms(spec: RopeSpec, positions: np.ndarray, x_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per element of x: |phi| and the angle-error multiplier (tolerance.angle_error_factor)."""
     a = np.asarray(angles(spec, positions))               # (batch, seq, r/2)
     per_elem = angle_magnitude(a, spec.rotary_dim, spec.head_dim, spec.layout)  # (batch, seq, D)
-    return np.broadcast_to(per_elem[:, None], x_shape)
+    fac = angle_magnitude(angle_error_factor(spec), spec.rotary_dim, spec.head_dim, spec.layout)  # (D,)
+    return np.broadcast_to(per_elem[:, None], x_shape), fac
 
 
 def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.ndarray,
@@ -74,9 +76,16 @@ def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.nda
     act = act.astype(np.float64)
     if act.shape != expected.shape:
         raise ValueError(f"adapter returned shape {act.shape}, expected {expected.shape}")
-    phi = _phi(spec, positions, expected.shape)
-    tol = bound(expected, phi, spec.rotary_dim, spec.layout, precision)
+    phi, fac = angle_terms(spec, positions, expected.shape)
+    tol = bound(expected, phi, spec.rotary_dim, spec.layout, precision, fac)
     ratio = error_ratio(act, expected, tol)
+    # A value beyond the dtype's range (xPos scales at long positions) cannot be represented:
+    # overflowing to inf (or the largest finite value) of the right sign is the correct answer.
+    big = _max_finite(precision.dtype)
+    over = np.abs(expected) > big
+    if over.any():
+        right = (np.abs(act) >= big) & (np.sign(act) == np.sign(expected))
+        ratio = np.where(over, np.where(right, 0.0, np.inf), ratio)
     with np.errstate(invalid="ignore"):
         abs_err = np.abs(act - expected)
     abs_err = np.where(np.isnan(abs_err) & ~np.isnan(expected), np.inf, abs_err)
@@ -96,6 +105,14 @@ def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.nda
     rp = _per_pair(ratio, spec)
     profile["ratio_by_pair"] = _finite(rp)
     return float(ratio.max()), float(abs_err.max()) if abs_err.size else 0.0, worst, profile
+
+
+def _max_finite(dtype: str) -> float:
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
+    return float(np.finfo(dtype).max)
 
 
 def _finite(a: np.ndarray) -> list[float]:

@@ -8,7 +8,12 @@ errors, each bounded by counting roundings (u = unit roundoff: 2**-53 float64,
 
 1. Angle: p and omega rounded to the angle dtype (u_a), omega from a pow and a
    division (<= 4 u_a, libm pow is within 2 ulp), scaling blends (<= 2 u_a),
-   the product (u_a): |d phi| <= C_PHI * u_a * |phi| with C_PHI = 8.
+   the product (u_a): C_PHI = 8 roundings.  The geometric schedule's exponent
+   2i/r is itself rounded (relative u_a), which moves omega = b^(-2i/r) by
+   |ln omega0| u_a relative.  A scaling formula with condition number kappa
+   (|d ln omega / d ln omega0|: 1 for every variant except Llama 3's smoothing
+   band, where sigma is computed from omega0 itself) amplifies all of that:
+   |d phi| <= kappa * (C_PHI + |ln omega0|) * u_a * |phi|.
 2. cos/sin of that angle in the angle dtype: <= C_CS * u_a absolute, C_CS = 2
    (a correctly range-reduced libm is within 1 ulp).
 3. cos/sin rounded to the compute dtype (HF, MAX, KerasHub do this): <= u_c.
@@ -20,13 +25,14 @@ errors, each bounded by counting roundings (u = unit roundoff: 2**-53 float64,
 Summed per element, with |pair| the norm of the *expected* output pair (so the
 attention factor and xPos scale are included):
 
-    tol = |pair| * (C_PHI u_a |phi| + C_CS u_a + C_C u_c + C_W u_w) + u_out |y|
+    tol = |pair| * (kappa (C_PHI + |ln omega0|) u_a |phi| + C_CS u_a + C_C u_c + C_W u_w) + u_out |y|
 
 The angle dtype defaults to float32 for 16- and 32-bit dtypes (the
 conventional practice every peer follows) and float64 for float64; compute,
 working and output dtypes default to the tested dtype.  An adapter may declare
 another angle dtype (for example float32 angles even for float64 input) in
-its capabilities; the report then shows that choice.
+its capabilities (``angle_dtype``), and likewise the dtype its cos/sin are
+rounded to (``compute_dtype``, e.g. float32 tables applied to float64 input).
 """
 
 from __future__ import annotations
@@ -55,8 +61,37 @@ class Precision:
     working: str                   # dtype of the rotation arithmetic
 
     @classmethod
-    def conventional(cls, dtype: str, angle: str | None = None) -> "Precision":
-        return cls(dtype, angle or default_angle_dtype(dtype), dtype, dtype)
+    def conventional(cls, dtype: str, angle: str | None = None, compute: str | None = None) -> "Precision":
+        return cls(dtype, angle or default_angle_dtype(dtype), compute or dtype, dtype)
+
+
+def angle_error_factor(spec) -> "np.ndarray":
+    """Per pair: kappa * (C_PHI + |ln omega0|), the multiplier of u_a |phi| (see the module doc)."""
+    from ropeconf.reference import RopeSpec, inv_freq
+
+    spec = spec if isinstance(spec, RopeSpec) else RopeSpec.from_dict(spec)
+    n = spec.n_pairs
+    kappa = np.ones(n)
+    ln0 = np.zeros(n)
+    if spec.freqs_for == "lang":
+        d = spec.to_dict()
+        for k in ("factor", "original_max_position_embeddings", "max_position_embeddings", "attention_factor",
+                  "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate", "short_factor",
+                  "long_factor", "low_freq_factor", "high_freq_factor", "longrope_switch"):
+            d.pop(k, None)
+        d["rope_type"] = "default"
+        w0, _ = inv_freq(d)
+        ln0 = np.abs(np.log(w0))
+        if spec.rope_type == "llama3":
+            w, _ = inv_freq(spec)
+            s, lo, hi = spec.factor, spec.low_freq_factor, spec.high_freq_factor
+            g = w / w0
+            if s != 1.0 and hi > lo:
+                sigma = (g - 1.0 / s) / (1.0 - 1.0 / s)
+                medium = (sigma > 0.0) & (sigma < 1.0)
+                a = (sigma * (hi - lo) + lo) / (hi - lo)
+                kappa = np.where(medium, 1.0 + (1.0 - 1.0 / s) * a / g, 1.0)
+    return kappa * (C_PHI + ln0)
 
 
 def pair_norm(y: np.ndarray, rotary_dim: int, layout: str) -> np.ndarray:
@@ -89,8 +124,12 @@ def angle_magnitude(positions_angles: np.ndarray, rotary_dim: int, head_dim: int
 
 
 def bound(expected: np.ndarray, phi: np.ndarray, rotary_dim: int, layout: str,
-          precision: Precision) -> np.ndarray:
-    """Elementwise tolerance for ``expected`` (float64) given per-element |phi| (same shape)."""
+          precision: Precision, angle_factor: np.ndarray | float = C_PHI) -> np.ndarray:
+    """Elementwise tolerance for ``expected`` (float64) given per-element |phi| (same shape).
+
+    ``angle_factor``: per element (or scalar) multiplier of u_a |phi|, from
+    :func:`angle_error_factor` expanded like ``phi``; C_PHI alone by default.
+    """
     u_a = UNIT_ROUNDOFF[precision.angle]
     u_c = UNIT_ROUNDOFF[precision.compute]
     u_w = UNIT_ROUNDOFF[precision.working]
@@ -99,7 +138,7 @@ def bound(expected: np.ndarray, phi: np.ndarray, rotary_dim: int, layout: str,
     pn = pair_norm(y, rotary_dim, layout)
     rotated = np.zeros(y.shape, dtype=bool)
     rotated[..., :rotary_dim] = True  # both layouts rotate the first rotary_dim features
-    rot_term = pn * (C_PHI * u_a * phi + C_CS * u_a + C_C * u_c + C_W * u_w)
+    rot_term = pn * (angle_factor * u_a * phi + C_CS * u_a + C_C * u_c + C_W * u_w)
     tol = np.where(rotated, rot_term, 0.0) + u_o * np.abs(y)
     return np.maximum(tol, TINY[precision.dtype])
 

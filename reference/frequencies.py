@@ -69,7 +69,7 @@ def ntk(spec: RopeSpec) -> list[Decimal]:
     bloc97 (2023); rotary-embedding-torch ``theta_rescale_factor``, zeta
     ``base_rescale_factor``.
     """
-    r = D(spec.rotary_dim)
+    r = D(2 * spec.n_freqs)  # the schedule's own width (per axis for axial RoPE)
     return geometric(spec, base=D(spec.rope_theta) * power(D(spec.factor), r / (r - 2)))
 
 
@@ -80,7 +80,7 @@ def dynamic(spec: RopeSpec, seq_len: int) -> list[Decimal]:
     length the model is run at: by HF's rule ``max(position_ids) + 1``; for
     L <= L0 this is plain RoPE.
     """
-    s, r, L0 = D(spec.factor), D(spec.rotary_dim), D(spec.original_max_position_embeddings)
+    s, r, L0 = D(spec.factor), D(2 * spec.n_freqs), D(spec.original_max_position_embeddings)
     L = max(D(seq_len), L0)
     return geometric(spec, base=D(spec.rope_theta) * power(s * L / L0 - (s - 1), r / (r - 2)))
 
@@ -101,7 +101,7 @@ def yarn(spec: RopeSpec) -> tuple[list[Decimal], Decimal]:
     ``mscale_all_dim`` both set and nonzero the DeepSeek ratio
     get_mscale(s, mscale)/get_mscale(s, mscale_all_dim); else get_mscale(s).
     """
-    s, r, b = D(spec.factor), spec.rotary_dim, D(spec.rope_theta)
+    s, r, b = D(spec.factor), 2 * spec.n_freqs, D(spec.rope_theta)
     L0 = D(spec.original_max_position_embeddings)
 
     def corr_dim(n_rot: float) -> Decimal:
