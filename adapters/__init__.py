@@ -10,6 +10,8 @@ BUILTIN = {
     "hf": "ropeconf.adapters.hf:HFTransformers",
     # rotary-embedding-torch (adapters/rotary_torch.py)
     "rotary-torch": "ropeconf.adapters.rotary_torch:RotaryTorch",
+    "rotary-torch-cached-keys": "ropeconf.adapters.rotary_torch:RotaryTorchCachedKeys",
+    "rotary-torch-learned": "ropeconf.adapters.rotary_torch:RotaryTorchLearned",
     # KerasHub RotaryEmbedding, one worker process per Keras backend (adapters/keras_hub.py)
     "keras-torch": "ropeconf.adapters.keras_hub:KerasHubTorch",
     "keras-jax": "ropeconf.adapters.keras_hub:KerasHubJax",
@@ -24,7 +26,9 @@ BUILTIN = {
     "ort": "ropeconf.adapters.onnx_ops:OrtRotary",
     "ort-f32cache": "ropeconf.adapters.onnx_ops:OrtRotaryF32Cache",
     "ort-contrib": "ropeconf.adapters.onnx_ops:OrtContribRotary",
+    "ort-contrib-f32cache": "ropeconf.adapters.onnx_ops:OrtContribRotaryF32Cache",
     "torch-onnx": "ropeconf.adapters.onnx_ops:TorchOnnxRotary",
+    "torch-onnx-f32cache": "ropeconf.adapters.onnx_ops:TorchOnnxRotaryF32Cache",
     # torchtune (adapters/torchtune.py)
     "torchtune": "ropeconf.adapters.torchtune:TorchtuneRoPE",
     "torchtune-llama3": "ropeconf.adapters.torchtune:TorchtuneLlama3",
