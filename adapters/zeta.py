@@ -1,6 +1,6 @@
 """zetascale (kyegomez/zeta; PyPI ``zetascale``): ``zeta.nn.embeddings.rope``.
 
-Runs in its own environment, ``.venv-zeta`` (``bash scripts/setup-venv-zeta.sh``): zetascale's
+Runs in its own environment, the ``zeta`` tox environment (``tox -e zeta``): zetascale's
 declared requirements would replace the CPU torch with a CUDA build, so it is not in ``.venv``, where
 this adapter reports itself unavailable with the import error.
 
@@ -103,7 +103,7 @@ class ZetaRotary(Adapter):
             load_rope()
         except Exception as e:
             return (f"import zeta failed: {type(e).__name__}: {e} (zetascale runs in its own venv: "
-                    f"bash scripts/setup-venv-zeta.sh, then .venv-zeta/bin/python)")
+                    f"tox -e zeta)")
         return None
 
     @property

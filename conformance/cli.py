@@ -327,7 +327,9 @@ def render_matrix(result: dict[str, Any]) -> str:
             if key in seen:
                 continue
             seen.add(key)
-            lines.append(f"  {a} {v} {dt}: {kid} (max {_fmt_ratio(c.get('max_ratio'))} x tolerance)")
+            how = (f"max {_fmt_ratio(c.get('max_ratio'))} x tolerance" if c.get("max_ratio") is not None
+                   else f"raises: {c.get('message', '')[:120]}")
+            lines.append(f"  {a} {v} {dt}: {kid} ({how})")
     lines.append("")
     lines.append(f"{sum(len(r['cells']) for r in result['adapters'])} cells, "
                  f"{len(result['adapters'])} adapters, {result.get('seconds', 0):.1f} s")

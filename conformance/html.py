@@ -61,6 +61,10 @@ def render(result: dict[str, Any]) -> str:
     out.append(_plots(adapters))
     out.append("<h2>Details</h2>")
     out.append(_details(adapters))
+    # lets a headless browser (tests/test_report_html.py) confirm that every plot decoded and rendered
+    out.append("<script>window.addEventListener('load',function(){var i=[].slice.call(document.images);"
+               "document.body.setAttribute('data-images-loaded',String(i.length>0&&i.every(function(m){"
+               "return m.complete&&m.naturalWidth>0;})));});</script>")
     out.append("</body></html>")
     return "\n".join(out)
 

@@ -51,9 +51,8 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 keyed[(c["variant"], c["dtype"], c["device"])] = c
             cur["cells"] = list(keyed.values())
             cur["cases"] += rep.get("cases", [])
-            for k in ("version", "library", "unavailable", "crashed"):
-                if rep.get(k):
-                    cur[k] = rep[k]
+            for k in ("version", "library", "unavailable", "crashed", "seconds"):
+                cur[k] = rep.get(k)  # the latest part that ran this adapter describes it
     return {"tool": "ropeconf", "version": parts[-1].get("version"), "merged_from": len(parts),
             "seconds": sum(p.get("seconds", 0) for p in parts), "config": parts[-1].get("config", {}),
             "adapters": list(by_adapter.values())}

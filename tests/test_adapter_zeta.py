@@ -1,9 +1,9 @@
 """zetascale adapter (adapters/zeta.py): loading, mapping, declared limits, the rotate_half breakage.
 
-zetascale lives in its own venv (.venv-zeta, scripts/setup-venv-zeta.sh); everything but
+zetascale lives in its own tox environment (`tox -e zeta`); everything but
 ``test_unavailable_without_zeta`` runs only there:
 
-    .venv-zeta/bin/python -m pytest tests/test_adapter_zeta.py
+    tox -e zeta
 
 (that venv also needs this project importable and its test tools: ``pip install --no-deps -e .``
 plus requirements/base.txt and requirements/test.txt).
@@ -29,7 +29,7 @@ HAVE_ZETA = importlib.util.find_spec("zeta") is not None
 # `pytest.importorskip("zeta")` cannot be used: `import zeta` runs zeta/__init__.py, which fails
 # without torchvision & co. even where zetascale is installed (see adapters/zeta.py).
 needs_zeta = pytest.mark.skipif(not HAVE_ZETA, reason="zetascale not installed: run in .venv-zeta "
-                                                       "(bash scripts/setup-venv-zeta.sh)")
+                                                       "(run: tox -e zeta)")
 U32 = 2.0 ** -24
 LIB_TEXT = r"too many values to unpack \(expected 2\)"
 
