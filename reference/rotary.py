@@ -241,19 +241,18 @@ def _xpos(xp, spec: RopeSpec, positions, seq_len, role):
         raise ValueError(f"role must be 'query' or 'key', got {role!r}")
     r = spec.rotary_dim
     c = spec.xpos_center if spec.xpos_center is not None else float((seq_len or 0) // 2)
+    sign = 1 if role == "query" else -1
     with hp_context():
-        ln_zeta = [((Decimal(2 * j) + Decimal("0.4") * r) / (Decimal("1.4") * r)).ln() for j in range(spec.n_pairs)]
-        lz = [to_dd(v) for v in ln_zeta]
+        # sign * ln(zeta_j) / B at 60 digits, so that only the (exact) p - c multiplies it
+        rate = [to_dd(sign * ((Decimal(2 * j) + Decimal("0.4") * r) / (Decimal("1.4") * r)).ln()
+                      / Decimal(spec.xpos_scale_base)) for j in range(spec.n_pairs)]
     dev = _device(positions)
-    lz_hi = xp.asarray(np.array([v[0] for v in lz]), device=dev)
-    lz_lo = xp.asarray(np.array([v[1] for v in lz]), device=dev)
+    lz_hi = xp.asarray(np.array([v[0] for v in rate]), device=dev)
+    lz_lo = xp.asarray(np.array([v[1] for v in rate]), device=dev)
     p = xp.astype(positions, xp.float64)
     if spec.n_streams > 1:
         p = p[..., 0]
-    power = (p - c) / spec.xpos_scale_base
-    if role == "key":
-        power = -power
-    e_hi, e_lo = dd_angle(xp.expand_dims(power, axis=-1), lz_hi, lz_lo)  # dd product power*ln(zeta)
+    e_hi, e_lo = dd_angle(xp.expand_dims(p - c, axis=-1), lz_hi, lz_lo)  # dd product (p - c) * rate
     return xp.exp(e_hi) * (1.0 + e_lo)
 
 
@@ -265,7 +264,7 @@ def _rotate(xp, spec: RopeSpec, x, c, s):
     """
     native = _native_module(x)
     shape = tuple(np.broadcast_shapes(tuple(x.shape[:-1]), tuple(c.shape[:-1]))) + (spec.head_dim,)
-    if native is not None and tuple(x.shape) == shape:
+    if native is not None and tuple(x.shape) == shape and x.ndim >= 2:
         return _rotate_blocked(native, spec, x, c, s)
     r, h = spec.rotary_dim, spec.n_pairs
     if spec.layout == "half":

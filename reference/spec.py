@@ -156,10 +156,11 @@ class RopeSpec:
 
         _check_range("rope_theta", self.rope_theta, 1.0, low_open=True)
         n = self.n_freqs
+        _check_finite("max_freq", self.max_freq)
         if self.freqs_for == "pixel":
             _check_range("max_freq", self.max_freq, 0.0, low_open=True)
+        _check_int("num_freqs", self.num_freqs, 1)
         if self.freqs_for == "constant":
-            _check_int("num_freqs", self.num_freqs, 1)
             if self.num_freqs != n:
                 raise ValueError(f"num_freqs={self.num_freqs} must equal the number of rotated pairs "
                                  f"per axis ({n}) for freqs_for='constant'")
@@ -193,10 +194,12 @@ class RopeSpec:
             _check_int("original_max_position_embeddings", self.original_max_position_embeddings, 1)
         if self.max_position_embeddings is not None:
             _check_int("max_position_embeddings", self.max_position_embeddings, 1)
-        if t == "ntk" and self.rotary_dim <= 2:
-            raise ValueError("rope_type='ntk' needs rotary_dim > 2 (exponent r/(r-2))")
-        if t == "dynamic" and self.rotary_dim <= 2:
-            raise ValueError("rope_type='dynamic' needs rotary_dim > 2 (exponent r/(r-2))")
+        if t == "ntk" and 2 * n <= 2:  # r = 2 * n_freqs: the schedule's width (per axis for axial)
+            raise ValueError(f"rope_type='ntk' needs rotary_dim > 2 per axis (exponent r/(r-2)), got "
+                             f"rotary_dim={self.rotary_dim} with axial_axes={self.axial_axes}")
+        if t == "dynamic" and 2 * n <= 2:  # r = 2 * n_freqs: the schedule's width (per axis for axial)
+            raise ValueError(f"rope_type='dynamic' needs rotary_dim > 2 per axis (exponent r/(r-2)), got "
+                             f"rotary_dim={self.rotary_dim} with axial_axes={self.axial_axes}")
         if self.attention_factor is not None:
             _check_range("attention_factor", self.attention_factor, 0.0, low_open=True)
         if t == "yarn":
@@ -215,6 +218,10 @@ class RopeSpec:
                                      f"'longrope', got length {None if v is None else len(v)}")
                 for i, f in enumerate(v):
                     _check_range(f"{k}[{i}]", f, 0.0, low_open=True)
+            if self.original_max_position_embeddings < 2:
+                raise ValueError(f"original_max_position_embeddings={self.original_max_position_embeddings} is "
+                                 f"out of range for rope_type='longrope': must be >= 2 (its attention factor "
+                                 f"divides by ln L0)")
             if self.factor is None and self.max_position_embeddings is None:
                 raise ValueError("rope_type='longrope' needs factor or max_position_embeddings "
                                  "(factor defaults to max_position_embeddings / original_max_position_embeddings)")
@@ -273,8 +280,6 @@ class RopeSpec:
             v = getattr(self, f.name)
             if f.name in ("head_dim", "rotary_dim", "rope_type", "layout") or v != f.default:
                 out[f.name] = list(v) if isinstance(v, tuple) else v
-        if out.get("partial_rotary_factor") is not None and "partial_rotary_factor" in out:
-            out.pop("partial_rotary_factor")  # rotary_dim carries it
         return out
 
     def to_json(self) -> str:
@@ -282,8 +287,10 @@ class RopeSpec:
 
     def replace(self, **changes: Any) -> "RopeSpec":
         d = self.to_dict()
-        if "head_dim" in changes or "partial_rotary_factor" in changes:
-            d.pop("rotary_dim", None)
+        derived = self.rotary_dim == int(self.head_dim * self.partial_rotary_factor)
+        if ("head_dim" in changes or "partial_rotary_factor" in changes) and derived \
+                and "rotary_dim" not in changes:
+            d.pop("rotary_dim", None)  # re-derive it; an explicit rotary_dim is kept
         d.update(changes)
         return RopeSpec.from_dict(d)
 
@@ -336,12 +343,20 @@ class RopeSpec:
         rope_type = merged.pop("rope_type", None) or merged.pop("type", None) or "default"
         merged.pop("type", None)
         rope_type = {"su": "longrope", "phi3": "longrope", "mrope": "default"}.get(rope_type, rope_type)
+        if cfg.get("qk_rope_head_dim"):
+            # DeepSeek-V2/V3: RoPE acts on the qk_rope_head_dim slice only (HF DeepseekV3Config sets
+            # head_dim = qk_rope_head_dim); rope_interleave=True pairs (2i, 2i+1) of that slice.
+            merged["head_dim"] = cfg["qk_rope_head_dim"]
+            if cfg.get("rope_interleave"):
+                merged["layout"] = "interleaved"
         if "head_dim" not in merged or merged["head_dim"] is None:
             try:
                 merged["head_dim"] = cfg["hidden_size"] // cfg["num_attention_heads"]
             except KeyError as e:
                 raise ValueError("HF config needs head_dim or hidden_size and num_attention_heads") from e
         out: dict[str, Any] = {"rope_type": rope_type}
+        if "layout" in merged:
+            out["layout"] = merged.pop("layout")
         names = {f.name for f in dataclasses.fields(cls)}
         for k, v in merged.items():
             if k in names and v is not None:
