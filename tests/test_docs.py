@@ -54,3 +54,8 @@ def test_docs_site_builds_with_warnings_as_errors(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_findings_summary_is_generated_from_the_registry():
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_findings.py"), "--check"], capture_output=True)
+    assert r.returncode == 0, "docs/findings.md is stale: run python scripts/gen_findings.py"

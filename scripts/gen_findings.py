@@ -1,0 +1,57 @@
+"""Write docs/findings.md: the summary table of every known divergence in conformance/known/*.toml.
+
+tests/test_docs.py checks it is current (python scripts/gen_findings.py --check).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ropeconf.conformance import registry
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "findings.md"
+PAGES = {"hf.toml": "findings/hf.md", "rotary_torch.toml": "findings/rotary_torch.md",
+         "keras_hub.toml": "findings/keras_hub.md", "max.toml": "findings/max.md", "zeta.toml": "findings/zeta.md",
+         "onnx.toml": "findings/onnx.md", "torchtune.toml": "findings/torchtune.md"}
+
+INTRO = """# Findings
+
+Divergences that rope-conformance found in real libraries, each verified in the
+library's own installed source before it was called a divergence (rather than
+an adapter bug). Every one is an entry of the versioned known-divergence
+registry (`conformance/known/*.toml`): a run reports matching cases as
+*known divergence*, and as *FIXED* (failing the run) once the library no
+longer diverges. Each library's page has the analysis, the magnitude and a
+minimal repro command; the pages also record what was checked and found
+conforming.
+
+Generated from the registry by `python scripts/gen_findings.py`.
+
+| id | library (versions) | matches | magnitude | details |
+|---|---|---|---|---|
+"""
+
+
+def _cell(text: str, n: int = 160) -> str:
+    t = " ".join(str(text).split()).replace("|", "\\\\|")
+    return t if len(t) <= n else t[: n - 1] + "…"
+
+
+def render() -> str:
+    rows = []
+    for e in registry.load():
+        match = ", ".join(f"{k}={v}" for k, v in e.match.items() if v != "*")
+        page = PAGES.get(e.source, "")
+        rows.append(f"| `{e.id}` | {e.library} ({_cell(e.versions, 40)}) | {_cell(match, 120)} | "
+                    f"{_cell(e.magnitude or e.reason)} | {f'[{page}]({page})' if page else ''} |")
+    return INTRO + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    text = render()
+    if "--check" in sys.argv:
+        sys.exit(0 if OUT.read_text() == text else 1)
+    OUT.write_text(text)
+    print(f"wrote {OUT} ({text.count(chr(10)) - INTRO.count(chr(10))} entries)")
