@@ -1,0 +1,230 @@
+"""torchtune (PyPI ``torchtune``; verified on 0.6.1 with torchao 0.17.0 and torch 2.13.0).
+
+Maps a :class:`~ropeconf.reference.RopeSpec` onto torchtune's RoPE modules and
+nothing else (no RoPE math here; ``_torch`` only converts arrays):
+
+* ``torchtune.modules.RotaryPositionalEmbeddings(dim=rotary_dim,
+  max_seq_len=N, base=rope_theta)`` for ``rope_type='default'``
+  (adapter ``torchtune``);
+* ``torchtune.models.llama3_1.Llama3ScaledRoPE(dim=rotary_dim, max_seq_len=N,
+  base=rope_theta, scale_factor=factor, low_freq_factor=low_freq_factor,
+  high_freq_factor=high_freq_factor,
+  old_context_len=original_max_position_embeddings)`` for
+  ``rope_type='llama3'`` (adapter ``torchtune-llama3``).  In 0.6.1 the
+  constructor takes all four Llama 3.1 parameters (older snapshots of the file
+  hard-coded 8 / 1 / 4 / 8192), so every llama3 spec maps;
+* both are called as ``module(x_bshd, input_pos=positions)``: x is
+  (batch, seq, heads, head_dim), so the suite's (batch, heads, seq, head_dim)
+  is transposed in and out; ``input_pos`` is the int64 (batch, seq) position
+  array, which ``forward`` uses to index the cache (``self.cache[input_pos]``
+  viewed as [b, s, 1, h_d/2, 2]), so every row may carry its own, unsorted
+  positions ('arbitrary').
+
+What the 0.6.1 source does (torchtune/modules/position_embeddings.py and
+torchtune/models/llama3_1/_position_embeddings.py), and what that means here:
+
+* layout: INTERLEAVED (``x.reshape(..., -1, 2)``: pairs (2i, 2i+1));
+* the whole last axis is rotated (the cache is [max_seq_len, dim/2, 2] and is
+  viewed against ``h_d/2``): no partial rotation;
+* the cos/sin cache is built at construction for positions 0..max_seq_len-1,
+  in float32: ``theta = 1 / base ** (arange(0, dim, 2).float() / dim)``
+  (Llama 3.1: ``apply_scaling`` of that, in float32, band decisions included),
+  ``idx_theta = einsum('i, j -> ij', arange(max_seq_len).float(), theta)``.
+  The angle is float32 for every input dtype (``angle_dtype='float32'``);
+* ``forward`` computes in float32 (``x.float()``) and casts back
+  (``type_as(x)``): bf16/fp16 are rounded once, at the output.  **float64
+  input is computed in float32** (the input is rounded to float32, cos/sin and
+  the rotation are float32), so float64 is declared unsupported with that
+  reason.  No tolerance declaration covers it (``angle_dtype`` and
+  ``compute_dtype`` do not cover an input rounded to float32 and a float32
+  rotation): declared, it flickers around 1x the bound at short positions and
+  conforms at long ones, which no registry entry can match stably
+  (docs/findings/torchtune.md, finding 1);
+* an index at or above max_seq_len raises IndexError; a negative one silently
+  indexes from the end of the cache (Python indexing), so negative positions
+  are declared unsupported.
+
+Cache policy (adapter choice).  Row p of the cache is p * theta, rounded once,
+then cos/sin, whatever max_seq_len is (checked bit for bit by
+tests/test_adapter_torchtune.py), so one module per (spec, device) is kept
+and rebuilt only when a call needs a larger cache: max_seq_len is
+max(positions) + 1 rounded up to a power of two (at least 64), capped at
+``MAX_POSITION + 1``.  ``MAX_POSITION = 2**20`` bounds the memory a cache
+takes (4 * rotary_dim bytes per position: 256 MiB at rotary_dim 64) and its
+build time (cos/sin of 2**20 x 32 large float32 angles: about 3.5 s on 2 CPU
+cores at rotary_dim 64, 7 s at 128).  The modules are kept least recently
+used first within ``CACHE_BYTES`` (1 GiB) of caches in all, so property runs
+that draw many specs do not accumulate them.
+
+Import noise: importing torchtune imports torchao 0.17, which logs "Failed to
+load ..._C_mxfp8...so" / "..._C_cutlass_90a.abi3.so" (CUDA kernels absent on a
+CPU build) through the ``torchao`` logger, and torch logs a
+``register_constant()`` deprecation through ``torch.utils._pytree``.  Those
+two loggers are raised to ERROR for the duration of the import only (their
+levels are restored afterwards); an import that fails is reported by
+``availability()`` with its error text.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib
+import logging
+
+import numpy as np
+
+from ropeconf.conformance.adapter import DTYPES, Adapter, Capabilities
+from ropeconf.reference import RopeSpec
+
+from ._torch import cuda_available, to_numpy, to_torch
+
+MAX_POSITION = 2 ** 20
+CACHE_BYTES = 2 ** 30
+_DTYPES = tuple(d for d in DTYPES if d != "float64")
+_FLOAT64_WHY = ("dtype=float64: forward computes in float32 (x.float(), float32 cos/sin cache) and casts "
+                "back with type_as(x), so float64 input gets float32 accuracy")
+_MIN_ROWS = 64
+_QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+@contextlib.contextmanager
+def _quiet_import():
+    """Silence torchao's / torch's import-time warnings (restored on exit)."""
+    loggers = [logging.getLogger(n) for n in _QUIET_LOGGERS]
+    saved = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, saved):
+            lg.setLevel(level)
+
+
+def _import(module: str):
+    with _quiet_import():
+        return importlib.import_module(module)
+
+
+def _devices() -> tuple[str, ...]:
+    return ("cpu", "cuda") if cuda_available() else ("cpu",)
+
+
+def _rows(max_pos: int, max_position: int) -> int:
+    """Cache length for positions up to ``max_pos``: next power of two, capped."""
+    need = max(int(max_pos) + 1, _MIN_ROWS)
+    return min(1 << (need - 1).bit_length(), max_position + 1)
+
+
+class _TorchtuneBase(Adapter):
+    distribution = "torchtune"
+    requires = ("torch", "torchtune")
+    rope_type = "default"
+    max_position = MAX_POSITION
+
+    def __init__(self) -> None:
+        self.capabilities = Capabilities(
+            rope_types=(self.rope_type,),
+            layouts=("interleaved",),
+            dtypes=_DTYPES,          # float64 runs, but in float32 (see the module docstring)
+            devices=_devices(),
+            freqs_for=("lang",),
+            partial=False, xpos=False, axial=False, mrope=False,
+            positions="arbitrary",
+            max_position=self.max_position,
+            angle_dtype="float32",
+        )
+        # (spec, device) -> module whose cache covers every position seen so far (LRU order)
+        self._modules: collections.OrderedDict[tuple[RopeSpec, str], object] = collections.OrderedDict()
+
+    def availability(self) -> str | None:
+        for mod in self.requires:
+            try:
+                _import(mod)
+            except Exception as e:  # a broken install must not take the run down
+                # torchtune's own "torchao not installed" message spans several indented lines
+                return f"import {mod} failed: {type(e).__name__}: {' '.join(str(e).split())}"
+        return None
+
+    def why_unsupported(self, spec, dtype, device, positions=None):
+        if dtype == "float64":
+            return _FLOAT64_WHY
+        why = super().why_unsupported(spec, dtype, device, positions)
+        if why:
+            return why
+        if positions is not None and np.size(positions) and int(np.min(positions)) < 0:
+            return "negative positions: input_pos indexes the cache (a negative index wraps to its end)"
+        return None
+
+    def _build(self, spec: RopeSpec, max_seq_len: int):
+        raise NotImplementedError
+
+    def module(self, spec: RopeSpec, max_pos: int, device: str = "cpu"):
+        """The cached module for ``spec`` on ``device`` whose cache reaches ``max_pos``."""
+        import torch
+
+        key = (spec, device)
+        mod = self._modules.get(key)
+        if mod is None or mod.max_seq_len <= max_pos:
+            self._modules.pop(key, None)          # free the smaller cache first
+            rows = _rows(max_pos, self.max_position)
+            self._evict(CACHE_BYTES - 4 * spec.rotary_dim * rows)
+            with torch.device(device):            # the cache is built where the model lives
+                mod = self._build(spec, rows)
+            self._modules[key] = mod
+        self._modules.move_to_end(key)
+        return mod
+
+    def _evict(self, budget: int) -> None:
+        """Drop least recently used modules until their caches take at most ``budget`` bytes."""
+        def total() -> int:
+            return sum(m.cache.numel() * m.cache.element_size() for m in self._modules.values())
+
+        while self._modules and total() > max(budget, 0):
+            self._modules.popitem(last=False)
+
+    def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+        import torch
+
+        positions = np.array(positions, dtype=np.int64)           # a writable copy for torch
+        t = to_torch(x, dtype, device).transpose(1, 2)           # (b, h, s, d) -> (b, s, h, d)
+        if positions.size and int(positions.min()) < 0:   # the library would read the cache's end
+            raise ValueError("torchtune adapter: negative positions index the cache from its end")
+        max_pos = int(positions.max()) if positions.size else 0
+        mod = self.module(spec, max_pos, device)
+        pos = torch.as_tensor(positions, dtype=torch.int64, device=device)
+        with torch.no_grad():
+            out = mod(t, input_pos=pos)
+        return to_numpy(out.transpose(1, 2))
+
+
+class TorchtuneRoPE(_TorchtuneBase):
+    """``torchtune.modules.RotaryPositionalEmbeddings`` (plain RoPE)."""
+
+    name = "torchtune"
+    rope_type = "default"
+
+    def _build(self, spec: RopeSpec, max_seq_len: int):
+        RotaryPositionalEmbeddings = _import("torchtune.modules").RotaryPositionalEmbeddings
+        return RotaryPositionalEmbeddings(dim=spec.rotary_dim, max_seq_len=max_seq_len,
+                                          base=spec.rope_theta)
+
+
+class TorchtuneLlama3(_TorchtuneBase):
+    """``torchtune.models.llama3_1.Llama3ScaledRoPE`` (Llama 3.1 band scaling).
+
+    RopeSpec -> constructor: rotary_dim -> dim, rope_theta -> base, factor ->
+    scale_factor, low_freq_factor -> low_freq_factor, high_freq_factor ->
+    high_freq_factor, original_max_position_embeddings -> old_context_len.
+    """
+
+    name = "torchtune-llama3"
+    rope_type = "llama3"
+
+    def _build(self, spec: RopeSpec, max_seq_len: int):
+        Llama3ScaledRoPE = _import("torchtune.models.llama3_1").Llama3ScaledRoPE
+        return Llama3ScaledRoPE(dim=spec.rotary_dim, max_seq_len=max_seq_len, base=spec.rope_theta,
+                                scale_factor=spec.factor, low_freq_factor=spec.low_freq_factor,
+                                high_freq_factor=spec.high_freq_factor,
+                                old_context_len=spec.original_max_position_embeddings)
