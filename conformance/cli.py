@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------- list / variants
 def cmd_list() -> int:
+    """Availability is checked in subprocesses, one per distinct adapter environment (KERAS_BACKEND...)."""
     import subprocess
 
     from ropeconf.adapters import BUILTIN
@@ -139,20 +140,32 @@ def cmd_list() -> int:
     from .runner import _adapter_env
 
     names = sorted(BUILTIN) + _entry_point_names()
-    print(f"{'adapter':20} {'status':12} {'version':14} reason")
+    groups: dict[tuple, list[str]] = {}
     for name in names:
-        env = dict(os.environ, **_adapter_env(name))
-        code = ("import json,sys\nfrom ropeconf.conformance.adapter import load_adapter\n"
-                f"a=load_adapter({name!r})\nw=a.availability()\n"
-                "print(json.dumps([a.version(), w]))")
+        groups.setdefault(tuple(sorted(_adapter_env(name).items())), []).append(name)
+    rows: dict[str, tuple[str, str | None]] = {}
+    code = ("import json,sys\nfrom ropeconf.conformance.adapter import load_adapter\n"
+            "for n in sys.argv[1:]:\n"
+            "    try:\n        a=load_adapter(n); w=a.availability(); v=a.version()\n"
+            "    except Exception as e:\n        v,w='?',f'{type(e).__name__}: {e}'\n"
+            "    print(json.dumps([n,v,w]),flush=True)\n")
+    for env, group in groups.items():
         try:
-            p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-            version, why = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else \
-                ("?", (p.stderr.strip().splitlines() or ["failed"])[-1])
+            p = subprocess.run([sys.executable, "-c", code, *group], env=dict(os.environ, **dict(env)),
+                               capture_output=True, text=True, timeout=600)
+            for line in p.stdout.splitlines():
+                if line.startswith("["):
+                    n, v, w = json.loads(line)
+                    rows[n] = (v, w)
+            for n in group:
+                rows.setdefault(n, ("?", (p.stderr.strip().splitlines() or ["check failed"])[-1]))
         except Exception as e:
-            version, why = "?", f"{type(e).__name__}: {e}"
-        status = "available" if not why else "unavailable"
-        print(f"{name:20} {status:12} {str(version):14} {why or ''}")
+            for n in group:
+                rows[n] = ("?", f"{type(e).__name__}: {e}")
+    print(f"{'adapter':24} {'status':12} {'version':14} reason")
+    for name in names:
+        version, why = rows[name]
+        print(f"{name:24} {'unavailable' if why else 'available':12} {str(version):14} {why or ''}")
     return EXIT_OK
 
 
@@ -349,6 +362,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .adapter import load_adapter
     from .judge import judge, make_input
 
+    from .runner import _adapter_env
+
+    env = _adapter_env(args.adapter)
+    if any(os.environ.get(k) != v for k, v in env.items()):
+        # the adapter needs its own process environment (e.g. KERAS_BACKEND): re-run there
+        import subprocess
+
+        argv = [sys.executable, "-m", "ropeconf.conformance.cli", "replay", "--adapter", args.adapter,
+                "--case", args.case]
+        return subprocess.run(argv, env={**os.environ, **env}).returncode
     text = args.case
     if text.startswith("@"):
         with open(text[1:]) as f:

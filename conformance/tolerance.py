@@ -91,7 +91,35 @@ def angle_error_factor(spec) -> "np.ndarray":
                 medium = (sigma > 0.0) & (sigma < 1.0)
                 a = (sigma * (hi - lo) + lo) / (hi - lo)
                 kappa = np.where(medium, 1.0 + (1.0 - 1.0 / s) * a / g, 1.0)
-    return kappa * (C_PHI + ln0)
+    return kappa * (C_PHI + ln0) + _yarn_ramp_term(spec)
+
+
+def _yarn_ramp_term(spec) -> "np.ndarray":
+    """A_yarn per pair: float rounding of the YaRN ramp, amplified by the blend (0 for other types)."""
+    n = spec.n_pairs
+    if spec.rope_type != "yarn" or spec.factor <= 1.0:
+        return np.zeros(n)
+    import math
+
+    r, s, b, L0 = 2 * spec.n_freqs, spec.factor, spec.rope_theta, spec.original_max_position_embeddings
+
+    def corr(rot: float) -> float:
+        return r * math.log(L0 / (rot * 2 * math.pi)) / (2 * math.log(b))
+
+    low, high = corr(spec.beta_fast), corr(spec.beta_slow)
+    if spec.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0.0), min(high, r - 1.0)
+    if high == low:
+        high += 0.001
+    i = np.arange(n) % spec.n_freqs
+    ramp = np.clip((i - low) / (high - low), 0.0, 1.0)
+    g = ramp / s + 1.0 - ramp
+    inside = (ramp > 0.0) & (ramp < 1.0)
+    err = 3.0 * ramp
+    if not spec.truncate:
+        err = err + (abs(low) + ramp * (abs(high) + abs(low))) / abs(high - low)
+    return np.where(inside, (1.0 - 1.0 / s) * err / g, 0.0)
 
 
 def pair_norm(y: np.ndarray, rotary_dim: int, layout: str) -> np.ndarray:

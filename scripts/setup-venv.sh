@@ -7,8 +7,8 @@
 # Environment knobs:
 #   ROPE_VENV=/path      venv location (default: <repo>/.venv)
 #   PYTHON=python3.11    interpreter used to create the venv (default: python3; must be CPython 3.11)
-#   ROPE_WITH_TF=1       also install requirements/peers-tf.txt (tensorflow-cpu, +1.4 GB, ~20 s) for
-#                        KERAS_BACKEND=tensorflow
+#   ROPE_WITH_TF=0       skip requirements/peers-tf.txt (tensorflow-cpu, +1.4 GB, ~20-55 s), which the
+#                        keras-tf adapter (KERAS_BACKEND=tensorflow) needs; installed by default
 #   ROPE_SETUP_FORCE=1   ignore the stamp and re-run pip (does not delete anything; rm -rf .venv for a clean one)
 #
 # Steps: venv -> pip==26.3 -> base+test+peers (with deps, under constraints.txt) -> peers-nodeps (--no-deps)
@@ -20,7 +20,7 @@ VENV="${ROPE_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 REQ="$ROOT/requirements"
 PIP_VERSION="26.3"
-WITH_TF="${ROPE_WITH_TF:-0}"
+WITH_TF="${ROPE_WITH_TF:-1}"
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 

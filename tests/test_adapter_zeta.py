@@ -49,7 +49,7 @@ def test_unavailable_without_zeta():
     if HAVE_ZETA:
         assert why is None
     else:
-        assert why is not None and "No module named 'zeta'" in why and ".venv-zeta" in why
+        assert why is not None and "No module named 'zeta'" in why and "tox -e zeta" in why
 
 
 @needs_zeta
