@@ -32,4 +32,19 @@ BUILTIN = {
     # torchtune (adapters/torchtune.py)
     "torchtune": "ropeconf.adapters.torchtune:TorchtuneRoPE",
     "torchtune-llama3": "ropeconf.adapters.torchtune:TorchtuneLlama3",
+    # GPU-only kernels (adapters/gpu_kernels.py): unavailable, with the reason, without a CUDA GPU
+    "flash-attn": "ropeconf.adapters.gpu_kernels:FlashAttnRotary",
+    "flash-attn-f32cache": "ropeconf.adapters.gpu_kernels:FlashAttnRotaryF32Cache",
+    "flash-attn-varlen": "ropeconf.adapters.gpu_kernels:FlashAttnRotaryVarlen",
+    "flash-attn-inplace": "ropeconf.adapters.gpu_kernels:FlashAttnRotaryInplace",
+    "liger": "ropeconf.adapters.gpu_kernels:LigerRotary",
+    "liger-f32cache": "ropeconf.adapters.gpu_kernels:LigerRotaryF32Cache",
+    "vllm-native": "ropeconf.adapters.gpu_kernels:VllmRotaryNative",
+    "vllm-cuda": "ropeconf.adapters.gpu_kernels:VllmRotaryCuda",
+    "vllm-native-deepseek-yarn": "ropeconf.adapters.gpu_kernels:VllmDeepseekYarnNative",
+    "vllm-cuda-deepseek-yarn": "ropeconf.adapters.gpu_kernels:VllmDeepseekYarnCuda",
+    "te": "ropeconf.adapters.gpu_kernels:TransformerEngineRotary",
+    "te-f32cache": "ropeconf.adapters.gpu_kernels:TransformerEngineRotaryF32Cache",
+    "te-bshd": "ropeconf.adapters.gpu_kernels:TransformerEngineRotaryBSHD",
+    "te-thd": "ropeconf.adapters.gpu_kernels:TransformerEngineRotaryTHD",
 }

@@ -200,13 +200,20 @@ class KerasHubRotary(Adapter):
         from keras import ops
 
         layer = self.layer(spec, dtype)
-        xt = ops.cast(ops.convert_to_tensor(np.asarray(x, dtype=np.float32)), dtype)  # exact: x is in dtype
         pos = np.asarray(positions)
+        shape = x.shape
+        x, pos = self._pad(x, pos, spec)
+        xt = ops.cast(ops.convert_to_tensor(np.asarray(x, dtype=np.float32)), dtype)  # exact: x is in dtype
         if positions_kind(pos) in ("range", "offset"):
             out = layer(xt, start_index=int(pos.flat[0]) if pos.size else 0)
         else:
             out = layer(xt, positions=ops.convert_to_tensor(pos.astype(np.int32)))
-        return ops.convert_to_numpy(ops.cast(out, "float32"))  # exact for every declared dtype
+        out = ops.convert_to_numpy(ops.cast(out, "float32"))  # exact for every declared dtype
+        return out[: shape[0], : shape[1], : shape[2]]
+
+    def _pad(self, x: np.ndarray, pos: np.ndarray, spec: RopeSpec):
+        """Shapes as they arrive, except under jax (see KerasHubJax)."""
+        return x, pos
 
 
 def _layer_class(name: str):
@@ -228,10 +235,30 @@ class KerasHubTorch(KerasHubRotary):
 
 
 class KerasHubJax(KerasHubRotary):
+    """jax compiles every op once per input shape (~0.5 s each here), and property cases draw many
+    shapes.  So batch, heads and seq are padded up to fixed buckets (extra rows of zeros, extra tokens
+    continuing the positions) and the result is cut back.  RoPE acts per token and per head, so the
+    real rows are unchanged (tests/test_adapter_keras_hub.py checks this bit for bit).  LongRoPE is
+    not padded in seq: Phi3SuScaledRotaryEmbedding picks its factors from the input length."""
+
     name = "keras-jax"
     backend = "jax"
     env = {"KERAS_BACKEND": "jax"}
     requires = ("jax", "keras_hub")
+
+    def _pad(self, x: np.ndarray, pos: np.ndarray, spec: RopeSpec):
+        b, h, s, _ = x.shape
+        pb, ph = max(b, 2), max(h, 4)
+        ps = s if spec.rope_type == "longrope" else max(8, 1 << max(0, s - 1).bit_length())
+        if (pb, ph, ps) == (b, h, s):
+            return x, pos
+        xp = np.zeros((pb, ph, ps, x.shape[3]), dtype=x.dtype)
+        xp[:b, :h, :s] = x
+        step = np.arange(1, ps - s + 1)
+        tail = pos[:, -1:] + step if s else np.broadcast_to(step - 1, (b, ps))
+        pp = np.concatenate([pos, tail], axis=1) if s else tail
+        pp = np.concatenate([pp, np.broadcast_to(pp[-1:], (pb - b, ps))], axis=0)
+        return xp, pp
 
 
 class KerasHubTensorflow(KerasHubRotary):

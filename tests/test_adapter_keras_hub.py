@@ -307,3 +307,34 @@ def test_names_env_and_mapping_without_keras():
     assert kind == "LlamaRotaryEmbedding" and kw["pretraining_sequence_length"] == 8192
     kind, kw = base.layer_kwargs(VARIANTS["longrope"].spec(head_dim=64), "float32")
     assert kind == "Phi3SuScaledRotaryEmbedding" and kw["max_sequence_length"] == 32 * 4096
+
+
+def test_jax_shape_padding_leaves_real_rows_unchanged():
+    """KerasHubJax pads shapes to buckets (jax recompiles per shape); padding must not change any real row."""
+    pytest.importorskip("keras_hub", reason="keras-hub not installed")
+    import json as _json
+    import subprocess as _sp
+    import sys as _sys
+
+    code = (
+        "import json, numpy as np\n"
+        "from ropeconf.adapters.keras_hub import KerasHubJax\n"
+        "from ropeconf.reference import RopeSpec\n"
+        "a = KerasHubJax(); assert a.availability() is None, a.availability()\n"
+        "x = np.random.default_rng(0).standard_normal((1, 3, 5, 16)).astype(np.float32)\n"
+        "sp = RopeSpec(head_dim=16)\n"
+        "res = []\n"
+        "for pos in (np.arange(5)[None], np.array([[7, 3, 900, 2, 65000]])):\n"
+        "    padded = a.run(x, pos, sp, dtype='float32')\n"
+        "    xp, pp = a._pad(x, pos, sp)\n"
+        "    assert xp.shape == (2, 4, 8, 16) and (pp[:1, :5] == pos).all()\n"
+        "    # same layer on the unpadded input, bypassing the padding\n"
+        "    a2 = KerasHubJax(); a2._pad = lambda x, p, s: (x, p)\n"
+        "    res.append(bool(np.array_equal(padded, a2.run(x, pos, sp, dtype='float32'))))\n"
+        "print(json.dumps(res))\n")
+    r = _sp.run([_sys.executable, "-c", code], env={**__import__("os").environ, "KERAS_BACKEND": "jax"},
+                capture_output=True, text=True, timeout=300)
+    if "No module named 'jax'" in r.stderr:
+        pytest.skip("jax not installed")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _json.loads(r.stdout.strip().splitlines()[-1]) == [True, True]
