@@ -30,6 +30,18 @@ with hp_context():
     _TWO_OVER_PI = float(2 / PI_DEC)
 
 
+def _split_scalar(a: float) -> tuple[float, float]:
+    t = _SPLITTER * a
+    hi = t - (t - a)
+    return hi, a - hi
+
+
+# pi/2 words split in 26-bit halves: an integer k with |k| < 2**26 times either half is exact
+_C1H, _C1L = _split_scalar(_C1)
+_C2H, _C2L = _split_scalar(_C2)
+_SMALL_K = 2.0 ** 26
+
+
 def two_sum(xp, a, b):
     """s + e == a + b exactly (Knuth)."""
     s = a + b
@@ -77,8 +89,13 @@ def cos_sin_dd(xp, a_hi, a_lo):
     is r_lo**2 / 2 < 2**-140.
     """
     k = xp.round(a_hi * _TWO_OVER_PI)
-    a, ae = two_prod(k, _C1)
-    b, be = two_prod(k, _C2)
+    if a_hi.size and bool(xp.max(xp.abs(a_hi)) < _SMALL_K):
+        # |k| < 2**26: k * C_H and k * C_L are exact, so k * C = the exact dd (k*C_H) + (k*C_L)
+        a, ae = fast_two_sum(k * _C1H, k * _C1L)
+        b, be = fast_two_sum(k * _C2H, k * _C2L)
+    else:
+        a, ae = two_prod(k, _C1)
+        b, be = two_prod(k, _C2)
     s1 = a_hi - a
     t = (((a_lo - ae) - b) - be) - k * _C3
     r_hi, r_lo = two_sum(xp, s1, t)

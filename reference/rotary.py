@@ -18,6 +18,7 @@ Conventions (docs/spec.md has the full text):
 from __future__ import annotations
 
 import functools
+import os
 from decimal import Decimal
 from typing import Any
 
@@ -163,8 +164,41 @@ def _angles_cos_sin(xp, spec: RopeSpec, positions, seq_len: int | None):
     return c, s, seq_len
 
 
+_POOL = None
+_MIN_PARALLEL = 1 << 16  # elements: below this, threads cost more than they save
+
+
+def _threads() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _pool():
+    """One shared thread pool: NumPy ufuncs release the GIL on large arrays."""
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(_threads(), thread_name_prefix="ropeconf-ref")
+    return _POOL
+
+
 def _cos_sin_flat(xp, spec: RopeSpec, p, seq_len: int | None, dev):
-    """cos, sin for float64 positions p of shape Q (+ (n_streams,) for multi-stream specs)."""
+    """cos, sin for float64 positions p of shape Q (+ (n_streams,) for multi-stream specs).
+
+    NumPy inputs large enough are split along the first axis across threads
+    (elementwise work: the result is identical).
+    """
+    n = _threads()
+    if (_native_module(p) is np and p.ndim >= 1 and p.shape[0] >= 2 * n
+            and p.size * spec.n_pairs >= _MIN_PARALLEL and n > 1):
+        bounds = np.linspace(0, p.shape[0], n + 1).astype(int)
+        parts = list(_pool().map(lambda ab: _cos_sin_one(xp, spec, p[ab[0]:ab[1]], seq_len, dev),
+                                 zip(bounds[:-1], bounds[1:])))
+        return np.concatenate([c for c, _ in parts]), np.concatenate([s_ for _, s_ in parts])
+    return _cos_sin_one(xp, spec, p, seq_len, dev)
+
+
+def _cos_sin_one(xp, spec: RopeSpec, p, seq_len: int | None, dev):
     _, stream = pair_index(spec)
     if spec.n_streams > 1:
         p = xp.take(p, xp.asarray(stream, device=dev), axis=-1)  # Q + (n_pairs,)
@@ -256,7 +290,7 @@ def _xpos(xp, spec: RopeSpec, positions, seq_len, role):
     return xp.exp(e_hi) * (1.0 + e_lo)
 
 
-def _rotate(xp, spec: RopeSpec, x, c, s):
+def _rotate(xp, spec: RopeSpec, x, c, s, out=None):
     """Rotate the first rotary_dim features of x by per-pair (c, s); pass the tail through.
 
     Per pair (a, b) -> (a c - b s, b c + a s): the same two products and one sum on
@@ -264,8 +298,10 @@ def _rotate(xp, spec: RopeSpec, x, c, s):
     """
     native = _native_module(x)
     shape = tuple(np.broadcast_shapes(tuple(x.shape[:-1]), tuple(c.shape[:-1]))) + (spec.head_dim,)
+    if out is not None and (tuple(out.shape) != shape or out.dtype != xp.float64):
+        raise ValueError(f"out must be a float64 array of shape {shape}, got {out.dtype} {tuple(out.shape)}")
     if native is not None and tuple(x.shape) == shape and x.ndim >= 2:
-        return _rotate_blocked(native, spec, x, c, s)
+        return _rotate_blocked(native, spec, x, c, s, out)
     r, h = spec.rotary_dim, spec.n_pairs
     if spec.layout == "half":
         x1, x2 = x[..., :h], x[..., h:r]
@@ -280,7 +316,11 @@ def _rotate(xp, spec: RopeSpec, x, c, s):
     if r < spec.head_dim:
         tail = x[..., r:]
         parts.append(xp.broadcast_to(tail, o1.shape[:-1] + (tail.shape[-1],)))
-    return xp.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
+    res = xp.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
+    if out is not None:
+        out[...] = res
+        return out
+    return res
 
 
 _BLOCK = 1 << 15  # elements per half-slab: temporaries stay in cache (~256 KiB)
@@ -299,7 +339,7 @@ def _native_module(x):
     return None
 
 
-def _rotate_blocked(mod, spec: RopeSpec, x, c, s):
+def _rotate_blocked(mod, spec: RopeSpec, x, c, s, out=None):
     """The same arithmetic as the generic path, written into one output in cache-sized slabs.
 
     The generic path streams five full-size temporaries through memory; here each
@@ -307,7 +347,8 @@ def _rotate_blocked(mod, spec: RopeSpec, x, c, s):
     write of the output.
     """
     r, h, d = spec.rotary_dim, spec.n_pairs, spec.head_dim
-    out = mod.empty(x.shape, dtype=mod.float64)
+    if out is None:
+        out = mod.empty(x.shape, dtype=mod.float64)
     if r < d:
         out[..., r:] = x[..., r:]
     lead = x.shape[:-1]
@@ -316,10 +357,12 @@ def _rotate_blocked(mod, spec: RopeSpec, x, c, s):
     rows = max(1, _BLOCK // max(h, 1))
     n_outer = int(np.prod(lead[:-1])) if len(lead) > 1 else 1
     seq = lead[-1] if lead else 1
-    tmp = mod.empty((min(rows, seq), h), dtype=mod.float64)
-    for idx in np.ndindex(*lead[:-1]) if n_outer else ():
-        for r0 in range(0, seq, rows):
-            sl = idx + (slice(r0, r0 + rows),)
+    slabs = [idx + (slice(r0, r0 + rows),) for idx in (np.ndindex(*lead[:-1]) if n_outer else ())
+             for r0 in range(0, seq, rows)]
+
+    def work(part: list) -> None:
+        tmp = mod.empty((min(rows, seq), h), dtype=mod.float64)
+        for sl in part:
             xs, os_ = x[sl], out[sl]
             cs, ss = cb[sl], sb[sl]
             t = tmp[: xs.shape[0]]
@@ -333,6 +376,12 @@ def _rotate_blocked(mod, spec: RopeSpec, x, c, s):
             mod.multiply(b, cs, out=ob)
             mod.multiply(a, ss, out=t)
             mod.add(ob, t, out=ob)
+
+    n = _threads() if mod is np and x.size >= _MIN_PARALLEL else 1
+    if n > 1 and len(slabs) > 1:
+        list(_pool().map(work, [slabs[i::n] for i in range(n)]))
+    else:
+        work(slabs)
     return out
 
 
@@ -353,8 +402,11 @@ def _align(xp, table, x, spec: RopeSpec, npos_axes: int):
     return table
 
 
-def apply(spec: RopeSpec | dict, x, positions, seq_len: int | None = None, *, role: str = "query"):
+def apply(spec: RopeSpec | dict, x, positions, seq_len: int | None = None, *, role: str = "query", out=None):
     """Rotate ``x`` (any real dtype, upcast to float64) and return float64.
+
+    ``out``: optional float64 array of the result's shape to write into (saves
+    the allocation and its page faults on large tensors).
 
     The attention factor (YaRN, LongRoPE, or ``attention_factor``) multiplies
     the rotated features only, like HF's scaled cos/sin.  With ``xpos=True`` the
@@ -375,7 +427,7 @@ def apply(spec: RopeSpec | dict, x, positions, seq_len: int | None = None, *, ro
     if mag is not None:
         c, s = c * mag, s * mag
     npos = c.ndim - 1
-    return _rotate(xp, spec, x, _align(xp, c, x, spec, npos), _align(xp, s, x, spec, npos))
+    return _rotate(xp, spec, x, _align(xp, c, x, spec, npos), _align(xp, s, x, spec, npos), out)
 
 
 def apply_angles(spec: RopeSpec | dict, x, angles):
