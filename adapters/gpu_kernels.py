@@ -477,9 +477,7 @@ class _GpuAdapter(Adapter):
 
     def run(self, x, positions, spec, *, dtype, device="cuda", role="query"):
         positions = np.asarray(positions, dtype=np.int64)
-        why = self.why_unsupported(spec, dtype, device, positions)
-        if why:
-            raise ValueError(f"{self.name}: {why}")
+        self.require_supported(spec, dtype, device, positions)
         import torch
 
         x = np.asarray(x)

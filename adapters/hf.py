@@ -242,9 +242,7 @@ class HFTransformers(Adapter):
     def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         import torch
 
-        why = self.why_unsupported(spec, dtype, device, positions)
-        if why:
-            raise ValueError(f"hf adapter: {why}")
+        self.require_supported(spec, dtype, device, positions)
         x = np.asarray(x)
         heads = int(x.shape[1]) if x.ndim == 4 else 1
         # FRESH module per call: HF's dynamic/longrope updates are stateful (see module doc).

@@ -272,9 +272,7 @@ class MaxRotary(Adapter):
             return model
 
     def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
-        why = self.why_unsupported(spec, dtype, device, positions)
-        if why:
-            raise ValueError(f"max adapter: {why}")
+        self.require_supported(spec, dtype, device, positions)
         pos = np.asarray(positions)
         if positions_kind(pos) == "arbitrary":
             raise ValueError("max adapter: positions must share one start (MAX takes a single start_pos)")

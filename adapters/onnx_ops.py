@@ -262,9 +262,7 @@ class _CacheOpAdapter(Adapter):
 
     def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         positions = np.asarray(positions, dtype=np.int64)
-        why = self.why_unsupported(spec, dtype, device, positions)
-        if why is not None:
-            raise ValueError(f"{self.name}: {why}")
+        self.require_supported(spec, dtype, device, positions)
         x = np.ascontiguousarray(np.asarray(x).astype(_np_dtype(dtype), copy=False))
         if x.ndim != 4:
             raise ValueError(f"x must be (batch, heads, seq, head_dim), got shape {x.shape}")

@@ -155,9 +155,7 @@ class RotaryTorch(Adapter):
         from rotary_embedding_torch import apply_rotary_emb
 
         positions = np.asarray(positions)
-        why = self.why_unsupported(spec, dtype, device, positions)
-        if why:  # never silently compute something else
-            raise ValueError(f"{self.name} adapter: {why}")
+        self.require_supported(spec, dtype, device, positions)
         t = to_torch(x, dtype, device)
         if spec.axial_axes:
             dims, offsets = _axial_grid(positions)
@@ -226,9 +224,7 @@ class RotaryTorchCachedKeys(Adapter):
         import torch
 
         positions = np.asarray(positions)
-        why = self.why_unsupported(spec, dtype, device, positions)
-        if why:
-            raise ValueError(f"{self.name} adapter: {why}")
+        self.require_supported(spec, dtype, device, positions)
         t = to_torch(x, dtype, device)
         start = int(positions[0, 0]) if positions.size else 0
         b, h, s, d = t.shape
@@ -269,9 +265,7 @@ class RotaryTorchLearned(Adapter):
         import torch
         from rotary_embedding_torch import apply_learned_rotations
 
-        why = self.why_unsupported(spec, dtype, device, positions)
-        if why:
-            raise ValueError(f"{self.name} adapter: {why}")
+        self.require_supported(spec, dtype, device, positions)
         t = to_torch(x, dtype, device)
         rot = _module(spec, spec.rotary_dim, device)
         rotations = torch.as_tensor(np.asarray(positions), dtype=torch.float32, device=device)[:, None, :, None]

@@ -124,9 +124,7 @@ class ZetaRotary(Adapter):
 
     def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         positions = np.asarray(positions)
-        why = self.why_unsupported(spec, dtype, device, positions)
-        if why:  # never silently compute something else
-            raise ValueError(f"{self.name} adapter: {why}")
+        self.require_supported(spec, dtype, device, positions)
         rope = load_rope()
         module = rope.RotaryEmbedding(
             dim=spec.head_dim,

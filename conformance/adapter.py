@@ -131,6 +131,17 @@ class Adapter:
         """Capability check; override to add library-specific limits."""
         return self.capabilities.why_unsupported(spec, dtype, device, positions)
 
+    def require_supported(self, spec: RopeSpec, dtype: str, device: str,
+                          positions: np.ndarray | None = None) -> None:
+        """Raise ValueError naming the limit when a case is outside the declaration.
+
+        ``run`` calls it first, so that a direct call never silently computes
+        something other than the spec (the suite itself asks ``why_unsupported``).
+        """
+        why = self.why_unsupported(spec, dtype, device, positions)
+        if why:
+            raise ValueError(f"{self.name} adapter: {why}")
+
     def run(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec, *, dtype: str,
             device: str = "cpu", role: str = "query") -> Any:
         raise NotImplementedError
