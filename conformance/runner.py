@@ -220,6 +220,26 @@ def _metamorphic(adapter: Adapter, variant: Variant, dtype: str, device: str, cf
             return float(np.max(np.abs(d0 - d1) / t)), f"q.k changes when both positions shift by {shift}"
         record("relative_invariance", relative_invariance)
 
+    def norm_preservation() -> tuple[float, str]:
+        # |R(phi) pair| = M |pair|: M is the attention factor times the xPos scale, both spec-derived
+        # scalars; nothing here uses the reference's rotation.
+        from ropeconf.reference import inv_freq, xpos_scale
+
+        from .tolerance import pair_norm
+
+        y = run(spec, x, pos)
+        m = inv_freq(spec, int(pos.max()) + 1)[1]
+        mag = np.full(y.shape, m)
+        if spec.xpos:
+            z = np.asarray(xpos_scale(spec, pos))[:, None]  # (batch, 1, seq, r/2)
+            per = np.concatenate([z, z], -1) if spec.layout == "half" else np.repeat(z, 2, -1)
+            mag[..., : spec.rotary_dim] *= per
+        want = pair_norm(x.astype(np.float64), spec.rotary_dim, spec.layout) * mag
+        got = pair_norm(y, spec.rotary_dim, spec.layout)
+        t = 2 * tol(spec, x, pos)
+        return float(np.max(np.abs(got - want) / t)), "the rotation does not preserve each pair's norm"
+    record("norm_preservation", norm_preservation)
+
     if len(layouts) == 2:
         def layout_identity() -> tuple[float, str]:
             r = spec.rotary_dim

@@ -182,3 +182,32 @@ def test_pytest_plugin_gates_and_writes_junit(pytester, toy_env):
                                         "--ropeconf-dtype=bfloat16")
     bad.assert_outcomes(failed=1, skipped=1)
     bad.stdout.fnmatch_lines(["*diverges*", "*ropeconf replay*"])
+
+
+def _planted(fn):
+    from toy_rope import rope_adapter
+
+    def adapter(x, positions, spec):
+        return fn(x, positions, spec, rope_adapter)
+
+    adapter.ropeconf_capabilities = rope_adapter.ropeconf_capabilities
+    return FunctionAdapter(adapter, "planted")
+
+
+@pytest.mark.parametrize("bug,check", [
+    # output scaled by 1.001: not a rotation any more
+    (lambda x, p, s, f: (f(x, p, s).astype(float) * 1.001).astype(x.dtype), "norm_preservation"),
+    # ignores where the chunk starts (always rotates from position 0)
+    (lambda x, p, s, f: f(x, p - p[:, :1], s), "offset_composition"),
+    # angle grows with p**2 / 4096: q.k then depends on absolute positions
+    (lambda x, p, s, f: f(x, p + p * p // 4096, s), "relative_invariance"),
+], ids=["norm", "offset", "relative"])
+def test_metamorphic_checks_catch_planted_bugs(bug, check):
+    cfg = RunConfig(dtypes=("float32",), variants=("default",), golden=False, properties=False)
+    rep = run_adapter(_planted(bug), cfg)
+    outcomes = {c["source"]: c["outcome"] for c in rep["cases"]}
+    assert outcomes[f"metamorphic:{check}"] == "diverges", outcomes
+    from toy_rope import rope_adapter
+
+    good = run_adapter(FunctionAdapter(rope_adapter, "toy"), cfg)
+    assert {c["outcome"] for c in good["cases"]} == {"conforms"}
