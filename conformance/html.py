@@ -56,8 +56,8 @@ def render(result: dict[str, Any]) -> str:
                                           for k in COLOURS) + "</div>",
            "<h2 id='matrix'>Matrix: library × variant × dtype × device</h2>", _matrix(adapters, variants)]
     out.append("<h2>Error vs position</h2><p class='meta'>Max |error| per token against the float64 reference, "
-               "with the tolerance envelope (dashed). Float32 angle error grows with position; bf16 positions "
-               "collapse.</p>")
+               "relative to the norm of its rotated pair, with the tolerance envelope (dashed). Float32 angle "
+               "error grows with position; bf16 positions collapse.</p>")
     out.append(_plots(adapters))
     out.append("<h2>Details</h2>")
     out.append(_details(adapters))
@@ -143,7 +143,7 @@ def _plots(adapters: list[dict[str, Any]]) -> str:
     for r in adapters:
         for case in r.get("cases", []):
             prof = case.get("profile") or {}
-            pos, err, tol = prof.get("position"), prof.get("abs_by_token"), prof.get("tol_by_token")
+            pos, err, tol = prof.get("position"), prof.get("rel_by_token"), prof.get("reltol_by_token")
             if not pos or not err or not tol or len(pos) != len(err):
                 continue
             key = (r["adapter"], case["dtype"])
@@ -174,7 +174,7 @@ def _plots(adapters: list[dict[str, Any]]) -> str:
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("position")
-        ax.set_ylabel("max |error| per token")
+        ax.set_ylabel("max |error| / |pair| per token")
         ax.set_title(f"error vs position, {dt}")
         ax.legend(fontsize=7, ncol=2)
         imgs.append(_png(fig, plt))

@@ -16,7 +16,7 @@ import numpy as np
 from ropeconf.reference import RopeSpec, angles, apply
 
 from .adapter import Adapter
-from .tolerance import Precision, angle_error_factor, angle_magnitude, bound, error_ratio
+from .tolerance import Precision, angle_error_factor, angle_magnitude, bound, error_ratio, pair_norm
 
 OUTCOMES = ("conforms", "known", "unsupported", "unavailable", "fixed", "diverges", "error")
 FAILING = ("diverges", "fixed", "error")
@@ -97,11 +97,15 @@ def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.nda
              "actual": float(act[i]), "expected": float(expected[i]), "tolerance": float(tol[i])}
     # error profile: per token (max over features) and per pair index (max over tokens)
     r_tok = ratio.max(axis=(1, 3))                          # (batch, seq)
+    pn = np.maximum(pair_norm(expected, spec.rotary_dim, spec.layout), np.finfo(np.float64).tiny)
     profile = {"position": np.asarray(positions)[..., 0].ravel().tolist() if np.ndim(positions) == 3
                else np.asarray(positions).ravel().tolist(),
                "ratio_by_token": _finite(r_tok.ravel()),
                "abs_by_token": _finite(abs_err.max(axis=(1, 3)).ravel()),
-               "tol_by_token": _finite(tol.max(axis=(1, 3)).ravel())}
+               "tol_by_token": _finite(tol.max(axis=(1, 3)).ravel()),
+               # relative to the pair norm: comparable across inputs, attention factors and xPos scales
+               "rel_by_token": _finite((abs_err / pn).max(axis=(1, 3)).ravel()),
+               "reltol_by_token": _finite((tol / pn).max(axis=(1, 3)).ravel())}
     rp = _per_pair(ratio, spec)
     profile["ratio_by_pair"] = _finite(rp)
     return float(ratio.max()), float(abs_err.max()) if abs_err.size else 0.0, worst, profile
