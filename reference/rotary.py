@@ -166,6 +166,7 @@ def _angles_cos_sin(xp, spec: RopeSpec, positions, seq_len: int | None):
 
 _POOL = None
 _MIN_PARALLEL = 1 << 16  # elements: below this, threads cost more than they save
+_CHUNK = 1 << 15         # elements per cos/sin chunk (256 KiB per temporary)
 
 
 def _threads() -> int:
@@ -188,13 +189,23 @@ def _cos_sin_flat(xp, spec: RopeSpec, p, seq_len: int | None, dev):
     NumPy inputs large enough are split along the first axis across threads
     (elementwise work: the result is identical).
     """
-    n = _threads()
-    if (_native_module(p) is np and p.ndim >= 1 and p.shape[0] >= 2 * n
-            and p.size * spec.n_pairs >= _MIN_PARALLEL and n > 1):
-        bounds = np.linspace(0, p.shape[0], n + 1).astype(int)
-        parts = list(_pool().map(lambda ab: _cos_sin_one(xp, spec, p[ab[0]:ab[1]], seq_len, dev),
-                                 zip(bounds[:-1], bounds[1:])))
-        return np.concatenate([c for c, _ in parts]), np.concatenate([s_ for _, s_ in parts])
+    if _native_module(p) is np and p.ndim >= 1 and p.size * spec.n_pairs >= 2 * _CHUNK:
+        # cache-sized chunks: the ~30 temporaries of the double-double pipeline then stay small
+        # (in cache, and below malloc's mmap threshold), and the chunks are shared across threads
+        rows = max(1, _CHUNK // (spec.n_pairs * (p.shape[-1] if spec.n_streams > 1 else 1)))
+        chunks = [p[i:i + rows] for i in range(0, p.shape[0], rows)]
+        n = _threads()
+        groups = [chunks[i::n] for i in range(n)] if len(chunks) >= n else [chunks]
+
+        def work(group):
+            return [_cos_sin_one(xp, spec, ch, seq_len, dev) for ch in group]
+
+        done = list(_pool().map(work, groups)) if len(groups) > 1 else [work(groups[0])]
+        ordered = [None] * len(chunks)
+        for g, res in enumerate(done):
+            for j, r in enumerate(res):
+                ordered[g + j * len(groups)] = r
+        return np.concatenate([c for c, _ in ordered]), np.concatenate([s_ for _, s_ in ordered])
     return _cos_sin_one(xp, spec, p, seq_len, dev)
 
 
