@@ -82,7 +82,7 @@ from ropeconf.conformance.adapter import Adapter, Capabilities
 from ropeconf.reference import FREQS_FOR, ROPE_TYPES, RopeSpec, angles, inv_freq
 
 from ._torch import cuda_available, to_numpy, to_torch, torch_dtype
-from .hf import _partial_factor  # private helper of the HF adapter: f with int(head_dim * f) == rotary_dim
+from .hf import partial_rotary_factor_for  # f with int(head_dim * f) == rotary_dim, as HF configs need
 from .onnx_ops import build_caches
 
 __all__ = [
@@ -323,7 +323,7 @@ def vllm_rope_parameters(spec: RopeSpec, yarn_type: str = "yarn") -> dict[str, A
         if spec.attention_factor is not None:
             p["attention_factor"] = float(spec.attention_factor)
     if spec.rotary_dim < spec.head_dim:
-        f = _partial_factor(spec)
+        f = partial_rotary_factor_for(spec)
         if f is None:
             raise ValueError(f"rotary_dim={spec.rotary_dim} is not int(head_dim * f) for any f "
                              f"(head_dim={spec.head_dim})")
@@ -708,7 +708,7 @@ class _VllmBase(_GpuAdapter):
     # ------------------------------------------------------------------ checks (pure)
     def _limits(self, spec, dtype, positions):
         t = spec.rope_type
-        if spec.rotary_dim < spec.head_dim and _partial_factor(spec) is None:
+        if spec.rotary_dim < spec.head_dim and partial_rotary_factor_for(spec) is None:
             return (f"rotary_dim={spec.rotary_dim} not expressible as int(head_size * partial_rotary_factor) "
                     f"with head_size={spec.head_dim}")
         if t == "longrope" and spec.layout != "half":

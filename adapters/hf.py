@@ -89,7 +89,7 @@ def _quiet_transformers():
         log.setLevel(old)
 
 
-def _partial_factor(spec: RopeSpec) -> float | None:
+def partial_rotary_factor_for(spec: RopeSpec) -> float | None:
     """A partial_rotary_factor f with int(head_dim * f) == rotary_dim (HF's rule), or None."""
     r, d = spec.rotary_dim, spec.head_dim
     if r == d:
@@ -122,7 +122,7 @@ def _rope_parameters(spec: RopeSpec) -> dict:
         # pass them explicitly so HF's own defaults are not relied upon.
         params["truncate"] = bool(spec.truncate)
     if spec.rotary_dim < spec.head_dim:
-        params["partial_rotary_factor"] = _partial_factor(spec)
+        params["partial_rotary_factor"] = partial_rotary_factor_for(spec)
     if spec.mrope_section is not None:
         params["mrope_section"] = [int(s) for s in spec.mrope_section]
     return params
@@ -175,7 +175,7 @@ class HFTransformers(Adapter):
         if spec.rope_type == "longrope" and spec.longrope_switch != "sequence":
             return ("longrope_switch='position' not supported (HF picks short/long factors for the whole "
                     "call by max(position_ids)+1 > original_max_position_embeddings)")
-        if spec.rotary_dim < spec.head_dim and _partial_factor(spec) is None:
+        if spec.rotary_dim < spec.head_dim and partial_rotary_factor_for(spec) is None:
             return (f"rotary_dim={spec.rotary_dim} not expressible as int(head_dim * partial_rotary_factor) "
                     f"with head_dim={spec.head_dim}")
         if spec.mrope_section is not None:

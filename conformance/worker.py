@@ -7,6 +7,8 @@ import json
 import sys
 import time
 
+from ropeconf.reference.variants import VARIANTS
+
 from .runner import RunConfig, run_adapter
 
 
@@ -34,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                   "unavailable": f"{type(e).__name__}: {e}",
                   "cells": [{"variant": v, "dtype": dt, "device": dev, "outcome": "unavailable", "counts": {},
                              "message": f"{type(e).__name__}: {e}"}
-                            for v in (cfg.variants or __import__("ropeconf.reference.variants",
-                                                                  fromlist=["VARIANTS"]).VARIANTS)
+                            for v in (cfg.variants or VARIANTS)
                             for dt in cfg.dtypes for dev in cfg.devices]}
     with open(a.out, "w") as f:
         json.dump(report, f)
