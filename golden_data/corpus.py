@@ -27,10 +27,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ropeconf.reference.dtypes import DTYPES, round_to  # noqa: F401  (round_to: public re-export)
+
 SCHEMA_VERSION = 1
 CORPUS_VERSION = "1.0.0"
 DEFAULT_DIR = Path(__file__).resolve().parent
-INPUT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+INPUT_DTYPES = DTYPES
 BATCH, HEADS, SEQ = 2, 1, 8
 DIMS = ((64, 64), (96, 64))
 LAYOUTS = ("half", "interleaved")
@@ -94,15 +96,6 @@ def _bf16_bits(x: np.ndarray) -> np.ndarray:
     import ml_dtypes
 
     return x.astype(ml_dtypes.bfloat16).view(np.uint16)
-
-
-def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
-    """x rounded to ``dtype`` (round to nearest even), returned in that dtype."""
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return x.astype(ml_dtypes.bfloat16)
-    return x.astype(dtype)
 
 
 def compute_case(case: dict[str, Any]) -> dict[str, np.ndarray]:

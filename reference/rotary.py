@@ -18,15 +18,15 @@ Conventions (docs/spec.md has the full text):
 from __future__ import annotations
 
 import functools
-import os
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
 
+from . import _exec
 from ._dd import cos_sin_dd, dd_angle
 from ._hp import hp_context, to_dd
-from .frequencies import inv_freq_for
+from .frequencies import ROPE_TYPES, inv_freq_for
 from .spec import RopeSpec
 
 __all__ = ["inv_freq", "cos_sin", "angles", "apply", "apply_angles", "xpos_scale", "pair_index", "namespace"]
@@ -62,7 +62,7 @@ def _check_positions(xp, spec: RopeSpec, positions):
             raise ValueError(f"positions must have a trailing axis of length {spec.n_streams} for "
                              f"this spec ({'axial_axes' if spec.axial_axes else 'mrope_section'}), "
                              f"got shape {tuple(positions.shape)}")
-    if kind == "f" and spec.rope_type in ("dynamic", "longrope") and \
+    if kind == "f" and ROPE_TYPES[spec.rope_type].length_dependent and \
             not bool(xp.all(positions == xp.round(positions))):
         raise ValueError(f"positions must be integers for rope_type={spec.rope_type!r} "
                          f"(its length rule max(positions)+1 is defined on token indices)")
@@ -101,21 +101,13 @@ def pair_index(spec: RopeSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def _omega_dd(spec: RopeSpec, seq_len: int | None, long: bool | None = None):
     """Per-pair omega as (hi, lo) float64 NumPy arrays, plus the attention factor (Decimal)."""
-    if spec.rope_type == "dynamic" and seq_len is not None:
-        seq_len = max(seq_len, spec.original_max_position_embeddings)  # same omega below L0
-    elif spec.rope_type == "longrope":
-        if long is None and seq_len is not None:
-            long = seq_len > spec.original_max_position_embeddings
-        seq_len = None if long is not None else seq_len
-    else:
-        seq_len = None
-    return _omega_dd_cached(spec, seq_len, long)
+    return _omega_dd_cached(spec, ROPE_TYPES[spec.rope_type].key_for(spec, seq_len, long))
 
 
 @functools.lru_cache(maxsize=1024)
-def _omega_dd_cached(spec: RopeSpec, seq_len: int | None, long: bool | None):
-    # Cached: the 60-digit frequencies cost ~ms per spec; specs are immutable.
-    omega, att = inv_freq_for(spec, seq_len, long)
+def _omega_dd_cached(spec: RopeSpec, key):
+    # Cached on the normalized length key: the 60-digit frequencies cost ~ms per spec; specs are immutable.
+    omega, att = ROPE_TYPES[spec.rope_type].frequencies(spec, key) if key is not None else inv_freq_for(spec, None)
     fidx, _ = pair_index(spec)
     with hp_context():
         pairs = [to_dd(omega[i]) for i in fidx]
@@ -164,49 +156,14 @@ def _angles_cos_sin(xp, spec: RopeSpec, positions, seq_len: int | None):
     return c, s, seq_len
 
 
-_POOL = None
-_MIN_PARALLEL = 1 << 16  # elements: below this, threads cost more than they save
-_CHUNK = 1 << 15         # elements per cos/sin chunk (256 KiB per temporary)
-
-
-def _threads() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def _pool():
-    """One shared thread pool: NumPy ufuncs release the GIL on large arrays."""
-    global _POOL
-    if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _POOL = ThreadPoolExecutor(_threads(), thread_name_prefix="ropeconf-ref")
-    return _POOL
-
-
 def _cos_sin_flat(xp, spec: RopeSpec, p, seq_len: int | None, dev):
     """cos, sin for float64 positions p of shape Q (+ (n_streams,) for multi-stream specs).
 
-    NumPy inputs large enough are split along the first axis across threads
-    (elementwise work: the result is identical).
+    Elementwise work: large NumPy inputs are split into row chunks across threads
+    (``_exec.map_rows``); the result is identical.
     """
-    if _native_module(p) is np and p.ndim >= 1 and p.size * spec.n_pairs >= 2 * _CHUNK:
-        # cache-sized chunks: the ~30 temporaries of the double-double pipeline then stay small
-        # (in cache, and below malloc's mmap threshold), and the chunks are shared across threads
-        rows = max(1, _CHUNK // (spec.n_pairs * (p.shape[-1] if spec.n_streams > 1 else 1)))
-        chunks = [p[i:i + rows] for i in range(0, p.shape[0], rows)]
-        n = _threads()
-        groups = [chunks[i::n] for i in range(n)] if len(chunks) >= n else [chunks]
-
-        def work(group):
-            return [_cos_sin_one(xp, spec, ch, seq_len, dev) for ch in group]
-
-        done = list(_pool().map(work, groups)) if len(groups) > 1 else [work(groups[0])]
-        ordered = [None] * len(chunks)
-        for g, res in enumerate(done):
-            for j, r in enumerate(res):
-                ordered[g + j * len(groups)] = r
-        return np.concatenate([c for c, _ in ordered]), np.concatenate([s_ for _, s_ in ordered])
-    return _cos_sin_one(xp, spec, p, seq_len, dev)
+    row = spec.n_pairs * (p.shape[-1] if spec.n_streams > 1 else 1)
+    return _exec.map_rows(lambda ch: _cos_sin_one(xp, spec, ch, seq_len, dev), p, p.size * spec.n_pairs, row)
 
 
 def _cos_sin_one(xp, spec: RopeSpec, p, seq_len: int | None, dev):
@@ -305,15 +262,15 @@ def _rotate(xp, spec: RopeSpec, x, c, s, out=None):
     """Rotate the first rotary_dim features of x by per-pair (c, s); pass the tail through.
 
     Per pair (a, b) -> (a c - b s, b c + a s): the same two products and one sum on
-    every path, so all paths give bit-identical results.
+    every path (``_exec.rotate_into`` does it in cache-sized slabs), so all paths give
+    bit-identical results.
     """
-    native = _native_module(x)
     shape = tuple(np.broadcast_shapes(tuple(x.shape[:-1]), tuple(c.shape[:-1]))) + (spec.head_dim,)
     if out is not None and (tuple(out.shape) != shape or out.dtype != xp.float64):
         raise ValueError(f"out must be a float64 array of shape {shape}, got {out.dtype} {tuple(out.shape)}")
-    if native is not None and tuple(x.shape) == shape and x.ndim >= 2:
-        return _rotate_blocked(native, spec, x, c, s, out)
     r, h = spec.rotary_dim, spec.n_pairs
+    if tuple(x.shape) == shape and x.ndim >= 2 and _exec.native_module(x) is not None:
+        return _exec.rotate_into(x, c, s, r, spec.layout == "half", out)
     if spec.layout == "half":
         x1, x2 = x[..., :h], x[..., h:r]
     else:
@@ -332,68 +289,6 @@ def _rotate(xp, spec: RopeSpec, x, c, s, out=None):
         out[...] = res
         return out
     return res
-
-
-_BLOCK = 1 << 15  # elements per half-slab: temporaries stay in cache (~256 KiB)
-
-
-def _native_module(x):
-    """NumPy or CuPy itself (ufuncs with ``out=``) for the blocked fast path, else None."""
-    import array_api_compat
-
-    if array_api_compat.is_numpy_array(x):
-        return np
-    if array_api_compat.is_cupy_array(x):
-        import cupy
-
-        return cupy
-    return None
-
-
-def _rotate_blocked(mod, spec: RopeSpec, x, c, s, out=None):
-    """The same arithmetic as the generic path, written into one output in cache-sized slabs.
-
-    The generic path streams five full-size temporaries through memory; here each
-    slab's temporaries stay in cache, so the cost approaches one read of x and one
-    write of the output.
-    """
-    r, h, d = spec.rotary_dim, spec.n_pairs, spec.head_dim
-    if out is None:
-        out = mod.empty(x.shape, dtype=mod.float64)
-    if r < d:
-        out[..., r:] = x[..., r:]
-    lead = x.shape[:-1]
-    cb = mod.broadcast_to(c, lead + (h,))
-    sb = mod.broadcast_to(s, lead + (h,))
-    rows = max(1, _BLOCK // max(h, 1))
-    n_outer = int(np.prod(lead[:-1])) if len(lead) > 1 else 1
-    seq = lead[-1] if lead else 1
-    slabs = [idx + (slice(r0, r0 + rows),) for idx in (np.ndindex(*lead[:-1]) if n_outer else ())
-             for r0 in range(0, seq, rows)]
-
-    def work(part: list) -> None:
-        tmp = mod.empty((min(rows, seq), h), dtype=mod.float64)
-        for sl in part:
-            xs, os_ = x[sl], out[sl]
-            cs, ss = cb[sl], sb[sl]
-            t = tmp[: xs.shape[0]]
-            if spec.layout == "half":
-                a, b, oa, ob = xs[:, :h], xs[:, h:r], os_[:, :h], os_[:, h:r]
-            else:
-                a, b, oa, ob = xs[:, 0:r:2], xs[:, 1:r:2], os_[:, 0:r:2], os_[:, 1:r:2]
-            mod.multiply(a, cs, out=oa)
-            mod.multiply(b, ss, out=t)
-            mod.subtract(oa, t, out=oa)
-            mod.multiply(b, cs, out=ob)
-            mod.multiply(a, ss, out=t)
-            mod.add(ob, t, out=ob)
-
-    n = _threads() if mod is np and x.size >= _MIN_PARALLEL else 1
-    if n > 1 and len(slabs) > 1:
-        list(_pool().map(work, [slabs[i::n] for i in range(n)]))
-    else:
-        work(slabs)
-    return out
 
 
 def _prepare_x(xp, spec: RopeSpec, x):

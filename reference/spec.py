@@ -11,66 +11,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any, Mapping
 
-ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "longrope", "llama3")
+from .frequencies import ROPE_TYPES as ROPE_TYPE_RECORDS
+from .frequencies import SCALING_KEYS
+from .validate import check_finite, check_int, check_range, float_tuple
+
+ROPE_TYPES = tuple(ROPE_TYPE_RECORDS)
 LAYOUTS = ("half", "interleaved")
 FREQS_FOR = ("lang", "pixel", "constant", "custom")
 LONGROPE_SWITCH = ("sequence", "position")
-
-# Per rope_type: the scaling keys it reads (a key set for another type is an error,
-# so that a typo'd config cannot silently compute plain RoPE).
-_TYPE_KEYS = {
-    "default": set(),
-    "linear": {"factor"},
-    "ntk": {"factor"},
-    "dynamic": {"factor", "original_max_position_embeddings"},
-    "yarn": {"factor", "original_max_position_embeddings", "attention_factor", "beta_fast",
-             "beta_slow", "mscale", "mscale_all_dim", "truncate", "max_position_embeddings"},
-    "longrope": {"factor", "original_max_position_embeddings", "attention_factor",
-                 "short_factor", "long_factor", "max_position_embeddings", "longrope_switch"},
-    "llama3": {"factor", "original_max_position_embeddings", "low_freq_factor",
-               "high_freq_factor"},
-}
-_SCALING_KEYS = set().union(*_TYPE_KEYS.values())
-
-
-def _check_finite(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-
-
-def _check_range(name: str, value: float, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, what: str = "") -> None:
-    _check_finite(name, value)
-    bad = ((low is not None and (value < low or (low_open and value == low)))
-           or (high is not None and value > high))
-    if bad:
-        lo = "" if low is None else (f"> {low}" if low_open else f">= {low}")
-        hi = "" if high is None else f"<= {high}"
-        rng = " and ".join(s for s in (lo, hi) if s)
-        raise ValueError(f"{name}={value!r} is out of range: must be {rng}{what}")
-
-
-def _check_int(name: str, value: Any, low: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if low is not None and value < low:
-        raise ValueError(f"{name}={value!r} is out of range: must be >= {low}")
-
-
-def _float_tuple(name: str, value: Any) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{name} must be a list of numbers, got {value!r}")
-    out = tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
-    for i, v in enumerate(out):
-        _check_finite(f"{name}[{i}]", v)
-    return out
+# Our keys that are not HF ``rope_parameters`` keys (max_position_embeddings is a config-level HF key).
+_NOT_HF_PARAMS = frozenset({"longrope_switch", "max_position_embeddings"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +73,11 @@ class RopeSpec:
     def __post_init__(self) -> None:
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         for name in ("inv_freq", "short_factor", "long_factor"):
-            set_(name, _float_tuple(name, getattr(self, name)))
+            set_(name, float_tuple(name, getattr(self, name)))
         if self.mrope_section is not None:
             sec = tuple(self.mrope_section)
             for i, v in enumerate(sec):
-                _check_int(f"mrope_section[{i}]", v, 0)
+                check_int(f"mrope_section[{i}]", v, 0)
             set_("mrope_section", sec)
         for name in ("truncate", "xpos", "mrope_interleaved"):
             if not isinstance(getattr(self, name), bool):
@@ -135,8 +87,8 @@ class RopeSpec:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
 
-        _check_int("head_dim", self.head_dim, 2)
-        _check_range("partial_rotary_factor", self.partial_rotary_factor, 0.0, 1.0, low_open=True)
+        check_int("head_dim", self.head_dim, 2)
+        check_range("partial_rotary_factor", self.partial_rotary_factor, 0.0, 1.0, low_open=True)
         if self.rotary_dim is None:
             rd = int(self.head_dim * self.partial_rotary_factor)
             if rd % 2:
@@ -148,18 +100,18 @@ class RopeSpec:
                 self.rotary_dim != int(self.head_dim * self.partial_rotary_factor):
             raise ValueError(f"rotary_dim={self.rotary_dim!r} contradicts partial_rotary_factor="
                              f"{self.partial_rotary_factor} with head_dim={self.head_dim}")
-        _check_int("rotary_dim", self.rotary_dim, 2)
+        check_int("rotary_dim", self.rotary_dim, 2)
         if self.rotary_dim % 2:
             raise ValueError(f"rotary_dim={self.rotary_dim} is odd: must be an even int in [2, head_dim]")
         if self.rotary_dim > self.head_dim:
             raise ValueError(f"rotary_dim={self.rotary_dim} is out of range: must be <= head_dim={self.head_dim}")
 
-        _check_range("rope_theta", self.rope_theta, 1.0, low_open=True)
+        check_range("rope_theta", self.rope_theta, 1.0, low_open=True)
         n = self.n_freqs
-        _check_finite("max_freq", self.max_freq)
+        check_finite("max_freq", self.max_freq)
         if self.freqs_for == "pixel":
-            _check_range("max_freq", self.max_freq, 0.0, low_open=True)
-        _check_int("num_freqs", self.num_freqs, 1)
+            check_range("max_freq", self.max_freq, 0.0, low_open=True)
+        check_int("num_freqs", self.num_freqs, 1)
         if self.freqs_for == "constant":
             if self.num_freqs != n:
                 raise ValueError(f"num_freqs={self.num_freqs} must equal the number of rotated pairs "
@@ -171,74 +123,30 @@ class RopeSpec:
                                  f"(rotary_dim/2 per axis), got length {got}")
         elif self.inv_freq is not None:
             raise ValueError("inv_freq is only valid with freqs_for='custom'")
-        if self.freqs_for != "lang" and self.rope_type not in ("default", "linear"):
+        if self.freqs_for != "lang" and ROPE_TYPE_RECORDS[self.rope_type].lang_only:
             raise ValueError(f"rope_type={self.rope_type!r} needs freqs_for='lang' (its formula is "
                              f"defined on the geometric schedule), got freqs_for={self.freqs_for!r}")
 
-        # scaling keys: only those of the chosen rope_type may be set
-        allowed = _TYPE_KEYS[self.rope_type]
+        # scaling keys: only those of the chosen rope_type may be set; its record checks the rest
+        rt = ROPE_TYPE_RECORDS[self.rope_type]
         defaults = {f.name: f.default for f in dataclasses.fields(RopeSpec)}
-        for key in sorted(_SCALING_KEYS - allowed):
+        for key in sorted(SCALING_KEYS - rt.keys):
             if getattr(self, key) != defaults[key]:
                 raise ValueError(f"{key}={getattr(self, key)!r} is not used by rope_type="
-                                 f"{self.rope_type!r} (it reads: {sorted(allowed) or 'no scaling keys'})")
-        t = self.rope_type
-        if t != "default":
-            if self.factor is None and t != "longrope":
-                raise ValueError(f"factor is required for rope_type={t!r}")
-            if self.factor is not None:
-                _check_range("factor", self.factor, 0.0, low_open=True)
-        if t in ("dynamic", "yarn", "longrope", "llama3"):
-            if self.original_max_position_embeddings is None:
-                raise ValueError(f"original_max_position_embeddings is required for rope_type={t!r}")
-            _check_int("original_max_position_embeddings", self.original_max_position_embeddings, 1)
+                                 f"{self.rope_type!r} (it reads: {sorted(rt.keys) or 'no scaling keys'})")
         if self.max_position_embeddings is not None:
-            _check_int("max_position_embeddings", self.max_position_embeddings, 1)
-        if t == "ntk" and 2 * n <= 2:  # r = 2 * n_freqs: the schedule's width (per axis for axial)
-            raise ValueError(f"rope_type='ntk' needs rotary_dim > 2 per axis (exponent r/(r-2)), got "
-                             f"rotary_dim={self.rotary_dim} with axial_axes={self.axial_axes}")
-        if t == "dynamic" and 2 * n <= 2:  # r = 2 * n_freqs: the schedule's width (per axis for axial)
-            raise ValueError(f"rope_type='dynamic' needs rotary_dim > 2 per axis (exponent r/(r-2)), got "
-                             f"rotary_dim={self.rotary_dim} with axial_axes={self.axial_axes}")
+            check_int("max_position_embeddings", self.max_position_embeddings, 1)
         if self.attention_factor is not None:
-            _check_range("attention_factor", self.attention_factor, 0.0, low_open=True)
-        if t == "yarn":
-            _check_range("beta_fast", self.beta_fast, 0.0, low_open=True)
-            _check_range("beta_slow", self.beta_slow, 0.0, low_open=True)
-            if self.beta_fast < self.beta_slow:
-                raise ValueError(f"beta_fast={self.beta_fast} must be >= beta_slow={self.beta_slow}")
-            for k in ("mscale", "mscale_all_dim"):
-                if getattr(self, k) is not None:
-                    _check_range(k, getattr(self, k), 0.0)
-        if t == "longrope":
-            for k in ("short_factor", "long_factor"):
-                v = getattr(self, k)
-                if v is None or len(v) != n:
-                    raise ValueError(f"{k} must be a list of rotary_dim/2 = {n} factors for rope_type="
-                                     f"'longrope', got length {None if v is None else len(v)}")
-                for i, f in enumerate(v):
-                    _check_range(f"{k}[{i}]", f, 0.0, low_open=True)
-            if self.original_max_position_embeddings < 2:
-                raise ValueError(f"original_max_position_embeddings={self.original_max_position_embeddings} is "
-                                 f"out of range for rope_type='longrope': must be >= 2 (its attention factor "
-                                 f"divides by ln L0)")
-            if self.factor is None and self.max_position_embeddings is None:
-                raise ValueError("rope_type='longrope' needs factor or max_position_embeddings "
-                                 "(factor defaults to max_position_embeddings / original_max_position_embeddings)")
-        if t == "llama3":
-            _check_range("low_freq_factor", self.low_freq_factor, 0.0, low_open=True)
-            _check_range("high_freq_factor", self.high_freq_factor, 0.0, low_open=True)
-            if self.high_freq_factor < self.low_freq_factor:
-                raise ValueError(f"high_freq_factor={self.high_freq_factor} must be >= "
-                                 f"low_freq_factor={self.low_freq_factor}")
+            check_range("attention_factor", self.attention_factor, 0.0, low_open=True)
+        rt.validate(self)
         if self.xpos:
-            _check_range("xpos_scale_base", self.xpos_scale_base, 0.0, low_open=True)
+            check_range("xpos_scale_base", self.xpos_scale_base, 0.0, low_open=True)
             if self.xpos_center is not None:
-                _check_finite("xpos_center", self.xpos_center)
+                check_finite("xpos_center", self.xpos_center)
         elif self.xpos_center is not None or self.xpos_scale_base != 512.0:
             raise ValueError("xpos_center / xpos_scale_base are only valid with xpos=True")
 
-        _check_int("axial_axes", self.axial_axes, 0)
+        check_int("axial_axes", self.axial_axes, 0)
         if self.axial_axes and self.mrope_section is not None:
             raise ValueError("axial_axes and mrope_section are exclusive")
         if self.axial_axes and self.rotary_dim % (2 * self.axial_axes):
@@ -281,6 +189,68 @@ class RopeSpec:
             if f.name in ("head_dim", "rotary_dim", "rope_type", "layout") or v != f.default:
                 out[f.name] = list(v) if isinstance(v, tuple) else v
         return out
+
+    def to_full_dict(self) -> dict[str, Any]:
+        """Every key that applies to this spec, defaults filled in (what function adapters receive).
+
+        All geometry, schedule, xPos and multi-axis keys, plus every scaling key of this
+        spec's rope_type (an optional one that is not set is present as None, meaning
+        "derived", e.g. YaRN's attention_factor).  Scaling keys of other rope types are
+        left out.  ``RopeSpec.from_dict`` accepts it back unchanged.
+        """
+        keys = ROPE_TYPE_RECORDS[self.rope_type].keys
+        return {f.name: (list(v) if isinstance(v, tuple) else v)
+                for f in dataclasses.fields(self) for v in [getattr(self, f.name)]
+                if f.name not in SCALING_KEYS or f.name in keys}
+
+    def hf_partial_rotary_factor(self) -> float | None:
+        """A partial_rotary_factor f with int(head_dim * f) == rotary_dim (HF's rule), or None if none exists."""
+        r, d = self.rotary_dim, self.head_dim
+        if r == d:
+            return 1.0
+        import numpy as np
+
+        candidates = [self.partial_rotary_factor, r / d]
+        f = r / d
+        for _ in range(4):  # r/d * d can round just below r (e.g. 1/49*49); step up an ulp or two
+            f = float(np.nextafter(f, 2.0))
+            candidates.append(f)
+        return next((f for f in candidates if 0.0 < f < 1.0 and int(d * f) == r), None)
+
+    def to_hf_rope_parameters(self) -> dict[str, Any]:
+        """The Hugging Face (transformers v5) ``rope_parameters`` dict of this spec (inverse of from_hf_config).
+
+        rope_type, rope_theta, every HF key of the rope_type that is set (HF names equal
+        ours), ``partial_rotary_factor`` when rotary_dim < head_dim (ValueError if no
+        factor gives int(head_dim * f) == rotary_dim), and ``mrope_section`` /
+        ``mrope_interleaved``.  ``max_position_embeddings`` is a config-level key in HF and
+        ``longrope_switch`` is ours: neither is included.  The layout is not a
+        ``rope_parameters`` key either (HF: the model's code or ``rope_interleave``; vLLM:
+        ``is_neox_style``).  Raises ValueError for specs HF cannot express (xPos, axial,
+        non-'lang' schedules).
+        """
+        for bad, what in ((self.xpos, "xpos"), (bool(self.axial_axes), "axial_axes"),
+                          (self.freqs_for != "lang", f"freqs_for={self.freqs_for!r}")):
+            if bad:
+                raise ValueError(f"{what} has no Hugging Face rope_parameters form")
+        p: dict[str, Any] = {"rope_type": self.rope_type, "rope_theta": float(self.rope_theta)}
+        for key in sorted(ROPE_TYPE_RECORDS[self.rope_type].keys - _NOT_HF_PARAMS):
+            v = getattr(self, key)
+            if v is None:
+                continue
+            p[key] = [float(a) for a in v] if isinstance(v, tuple) else (
+                v if isinstance(v, bool) or key == "original_max_position_embeddings" else float(v))
+        if self.rotary_dim < self.head_dim:
+            f = self.hf_partial_rotary_factor()
+            if f is None:
+                raise ValueError(f"rotary_dim={self.rotary_dim} is not int(head_dim * f) for any f "
+                                 f"(head_dim={self.head_dim})")
+            p["partial_rotary_factor"] = f
+        if self.mrope_section is not None:
+            p["mrope_section"] = [int(s) for s in self.mrope_section]
+            if self.mrope_interleaved:
+                p["mrope_interleaved"] = True
+        return p
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -365,10 +335,11 @@ class RopeSpec:
             out["mrope_section"] = merged["mrope_section"]
             out["mrope_interleaved"] = bool(merged.get("mrope_interleaved", False))
         # drop keys the chosen type does not read (HF configs carry them harmlessly)
+        rt = ROPE_TYPE_RECORDS.get(rope_type)
         for k in list(out):
-            if k in _SCALING_KEYS and k not in _TYPE_KEYS.get(rope_type, set()):
+            if k in SCALING_KEYS and (rt is None or k not in rt.keys):
                 out.pop(k)
-        if rope_type in ("yarn", "longrope", "dynamic", "llama3") and \
+        if rt is not None and rt.needs_original_length and \
                 "original_max_position_embeddings" not in out and "max_position_embeddings" in merged:
             # HF v5 standardize_rope_params falls back to max_position_embeddings
             out["original_max_position_embeddings"] = merged["max_position_embeddings"]

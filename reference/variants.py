@@ -19,6 +19,7 @@ from .spec import RopeSpec
 @dataclasses.dataclass(frozen=True)
 class Variant:
     name: str
+    short: str                              # column label in the matrix (at most 6 characters, unique)
     params: dict[str, Any]                  # RopeSpec keys besides head_dim/rotary_dim/layout
     source: str                             # where the formula comes from (docs/variants.md)
     threshold: str | None = None            # spec key whose value is a position threshold
@@ -68,44 +69,44 @@ def _custom_freqs(n: int) -> list[float]:
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in [
-    Variant("default", {}, "RoFormer, arXiv:2104.09864"),
-    Variant("theta500k", {"rope_theta": 500000.0}, "Llama 3 base (large theta), arXiv:2309.16039"),
-    Variant("linear", {"rope_type": "linear", "factor": 4.0}, "Position interpolation, arXiv:2306.15595"),
-    Variant("ntk", {"rope_type": "ntk", "factor": 4.0}, "NTK-aware scaling (bloc97, 2023)", min_rotary_dim=4),
-    Variant("dynamic", {"rope_type": "dynamic", "factor": 4.0, "original_max_position_embeddings": 2048},
+    Variant("default", "def", {}, "RoFormer, arXiv:2104.09864"),
+    Variant("theta500k", "th5e5", {"rope_theta": 500000.0}, "Llama 3 base (large theta), arXiv:2309.16039"),
+    Variant("linear", "lin", {"rope_type": "linear", "factor": 4.0}, "Position interpolation, arXiv:2306.15595"),
+    Variant("ntk", "ntk", {"rope_type": "ntk", "factor": 4.0}, "NTK-aware scaling (bloc97, 2023)", min_rotary_dim=4),
+    Variant("dynamic", "dyn", {"rope_type": "dynamic", "factor": 4.0, "original_max_position_embeddings": 2048},
             "Dynamic NTK (emozilla, 2023); HF _compute_dynamic_ntk_parameters",
             threshold="original_max_position_embeddings", relative=False, min_rotary_dim=4),
-    Variant("yarn", {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096},
+    Variant("yarn", "yarn", {"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 4096},
             "YaRN, arXiv:2309.00071; HF _compute_yarn_parameters"),
-    Variant("yarn-notrunc", {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096,
+    Variant("yarn-notrunc", "yarnT", {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 4096,
                              "truncate": False, "rope_theta": 150000.0}, "YaRN truncate=False (gpt-oss)"),
-    Variant("yarn-deepseek", {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+    Variant("yarn-deepseek", "yarnD", {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
                               "mscale": 0.707, "mscale_all_dim": 1.0},
             "DeepSeek-V2 YaRN mscale ratio, arXiv:2405.04434"),
-    Variant("longrope", {"rope_type": "longrope", "factor": 32.0, "original_max_position_embeddings": 4096,
+    Variant("longrope", "lrope", {"rope_type": "longrope", "factor": 32.0, "original_max_position_embeddings": 4096,
                          "short_factor": _longrope_factors("short"), "long_factor": _longrope_factors("long")},
             "LongRoPE, arXiv:2402.13753; HF _compute_longrope_parameters",
             threshold="original_max_position_embeddings", relative=False),
-    Variant("longrope-position", {"rope_type": "longrope", "factor": 32.0, "original_max_position_embeddings": 4096,
+    Variant("longrope-position", "lropP", {"rope_type": "longrope", "factor": 32.0, "original_max_position_embeddings": 4096,
                                   "short_factor": _longrope_factors("short"),
                                   "long_factor": _longrope_factors("long"), "longrope_switch": "position"},
             "LongRoPE stitched per position (Modular MAX)", threshold="original_max_position_embeddings",
             relative=False),
-    Variant("llama3", {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192,
+    Variant("llama3", "ll3", {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192,
                        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "rope_theta": 500000.0},
             "Llama 3.1 apply_scaling (meta-llama/llama-models)"),
-    Variant("pixel", {"freqs_for": "pixel", "max_freq": 10.0}, "rotary-embedding-torch freqs_for='pixel'"),
-    Variant("constant", {"freqs_for": "constant"}, "rotary-embedding-torch freqs_for='constant'"),
-    Variant("custom", {"freqs_for": "custom", "inv_freq": _custom_freqs}, "explicit / learned inv_freq"),
+    Variant("pixel", "pix", {"freqs_for": "pixel", "max_freq": 10.0}, "rotary-embedding-torch freqs_for='pixel'"),
+    Variant("constant", "const", {"freqs_for": "constant"}, "rotary-embedding-torch freqs_for='constant'"),
+    Variant("custom", "cust", {"freqs_for": "custom", "inv_freq": _custom_freqs}, "explicit / learned inv_freq"),
     # xPos scales grow like zeta^(+-seq_len/(2*B)): past ~5e5 tokens they overflow float64.
-    Variant("xpos", {"xpos": True}, "xPos, arXiv:2212.10554; rotary-embedding-torch get_scale",
+    Variant("xpos", "xpos", {"xpos": True}, "xPos, arXiv:2212.10554; rotary-embedding-torch get_scale",
             relative=True, max_position=2 ** 15),
-    Variant("axial2d", {"axial_axes": 2, "freqs_for": "pixel", "max_freq": 10.0},
+    Variant("axial2d", "ax2d", {"axial_axes": 2, "freqs_for": "pixel", "max_freq": 10.0},
             "Axial 2-D RoPE, arXiv:2403.13298; rotary-embedding-torch get_axial_freqs", streams=2,
             min_rotary_dim=4),
-    Variant("mrope", {"mrope_section": _mrope_sections, "rope_theta": 1000000.0},
+    Variant("mrope", "mrope", {"mrope_section": _mrope_sections, "rope_theta": 1000000.0},
             "M-RoPE (Qwen2-VL), arXiv:2409.12191", streams=3, min_rotary_dim=6),
-    Variant("mrope-interleaved", {"mrope_section": _mrope_sections, "mrope_interleaved": True,
+    Variant("mrope-interleaved", "mropI", {"mrope_section": _mrope_sections, "mrope_interleaved": True,
                                   "rope_theta": 5000000.0},
             "Interleaved M-RoPE (Qwen3-VL apply_interleaved_mrope)", streams=3, min_rotary_dim=6),
 ]}
