@@ -1,50 +1,47 @@
 """Built-in adapters: one short file per third-party implementation.
 
-``BUILTIN`` maps the names used on the command line to ``module:attribute``;
-modules are imported only when an adapter is used, so a missing or broken
-library never breaks the others.
+``FAMILIES`` is the one place a built-in adapter is registered.  A family is one
+library and one module, ``adapters/<family>.py``; its known divergences live in
+``conformance/known/<family>.toml`` and its findings page is
+``docs/findings/<family>.md``.  ``BUILTIN`` (command-line name ->
+``module:attribute``) follows from it.  Modules are imported only when an
+adapter is used, so a missing or broken library never breaks the others.
 """
 
-BUILTIN = {
-    # Hugging Face transformers (adapters/hf.py)
-    "hf": "ropeconf.adapters.hf:HFTransformers",
-    # rotary-embedding-torch (adapters/rotary_torch.py)
-    "rotary-torch": "ropeconf.adapters.rotary_torch:RotaryTorch",
-    "rotary-torch-cached-keys": "ropeconf.adapters.rotary_torch:RotaryTorchCachedKeys",
-    "rotary-torch-learned": "ropeconf.adapters.rotary_torch:RotaryTorchLearned",
-    # KerasHub RotaryEmbedding, one worker process per Keras backend (adapters/keras_hub.py)
-    "keras-torch": "ropeconf.adapters.keras_hub:KerasHubTorch",
-    "keras-jax": "ropeconf.adapters.keras_hub:KerasHubJax",
-    "keras-tf": "ropeconf.adapters.keras_hub:KerasHubTensorflow",
-    # Modular MAX graph API on CPU (adapters/max_graph.py)
-    "max": "ropeconf.adapters.max_graph:MaxRotary",
-    # zetascale, in its own environment (adapters/zeta.py)
-    "zeta": "ropeconf.adapters.zeta:ZetaRotary",
-    # ONNX family (adapters/onnx_ops.py): reference-built caches and conventional float32 caches
-    "onnx-ref": "ropeconf.adapters.onnx_ops:OnnxReference",
-    "onnx-ref-f32cache": "ropeconf.adapters.onnx_ops:OnnxReferenceF32Cache",
-    "ort": "ropeconf.adapters.onnx_ops:OrtRotary",
-    "ort-f32cache": "ropeconf.adapters.onnx_ops:OrtRotaryF32Cache",
-    "ort-contrib": "ropeconf.adapters.onnx_ops:OrtContribRotary",
-    "ort-contrib-f32cache": "ropeconf.adapters.onnx_ops:OrtContribRotaryF32Cache",
-    "torch-onnx": "ropeconf.adapters.onnx_ops:TorchOnnxRotary",
-    "torch-onnx-f32cache": "ropeconf.adapters.onnx_ops:TorchOnnxRotaryF32Cache",
-    # torchtune (adapters/torchtune.py)
-    "torchtune": "ropeconf.adapters.torchtune:TorchtuneRoPE",
-    "torchtune-llama3": "ropeconf.adapters.torchtune:TorchtuneLlama3",
-    # GPU-only kernels (adapters/gpu_kernels.py): unavailable, with the reason, without a CUDA GPU
-    "flash-attn": "ropeconf.adapters.gpu_kernels:FlashAttnRotary",
-    "flash-attn-f32cache": "ropeconf.adapters.gpu_kernels:FlashAttnRotaryF32Cache",
-    "flash-attn-varlen": "ropeconf.adapters.gpu_kernels:FlashAttnRotaryVarlen",
-    "flash-attn-inplace": "ropeconf.adapters.gpu_kernels:FlashAttnRotaryInplace",
-    "liger": "ropeconf.adapters.gpu_kernels:LigerRotary",
-    "liger-f32cache": "ropeconf.adapters.gpu_kernels:LigerRotaryF32Cache",
-    "vllm-native": "ropeconf.adapters.gpu_kernels:VllmRotaryNative",
-    "vllm-cuda": "ropeconf.adapters.gpu_kernels:VllmRotaryCuda",
-    "vllm-native-deepseek-yarn": "ropeconf.adapters.gpu_kernels:VllmDeepseekYarnNative",
-    "vllm-cuda-deepseek-yarn": "ropeconf.adapters.gpu_kernels:VllmDeepseekYarnCuda",
-    "te": "ropeconf.adapters.gpu_kernels:TransformerEngineRotary",
-    "te-f32cache": "ropeconf.adapters.gpu_kernels:TransformerEngineRotaryF32Cache",
-    "te-bshd": "ropeconf.adapters.gpu_kernels:TransformerEngineRotaryBSHD",
-    "te-thd": "ropeconf.adapters.gpu_kernels:TransformerEngineRotaryTHD",
+FAMILIES: dict[str, dict[str, str]] = {
+    # Hugging Face transformers
+    "hf": {"hf": "HFTransformers"},
+    # rotary-embedding-torch
+    "rotary_torch": {"rotary-torch": "RotaryTorch", "rotary-torch-cached-keys": "RotaryTorchCachedKeys",
+                     "rotary-torch-learned": "RotaryTorchLearned"},
+    # KerasHub RotaryEmbedding, one worker process per Keras backend
+    "keras_hub": {"keras-torch": "KerasHubTorch", "keras-jax": "KerasHubJax", "keras-tf": "KerasHubTensorflow"},
+    # Modular MAX graph API on CPU
+    "max": {"max": "MaxRotary"},
+    # zetascale, in its own environment
+    "zeta": {"zeta": "ZetaRotary"},
+    # ONNX family: reference-built caches and conventional float32 caches
+    "onnx": {"onnx-ref": "OnnxReference", "onnx-ref-f32cache": "OnnxReferenceF32Cache", "ort": "OrtRotary",
+             "ort-f32cache": "OrtRotaryF32Cache", "ort-contrib": "OrtContribRotary",
+             "ort-contrib-f32cache": "OrtContribRotaryF32Cache", "torch-onnx": "TorchOnnxRotary",
+             "torch-onnx-f32cache": "TorchOnnxRotaryF32Cache"},
+    # torchtune
+    "torchtune": {"torchtune": "TorchtuneRoPE", "torchtune-llama3": "TorchtuneLlama3"},
+    # GPU-only kernels: unavailable, with the reason, without a CUDA GPU
+    "gpu_kernels": {"flash-attn": "FlashAttnRotary", "flash-attn-f32cache": "FlashAttnRotaryF32Cache",
+                    "flash-attn-varlen": "FlashAttnRotaryVarlen", "flash-attn-inplace": "FlashAttnRotaryInplace",
+                    "liger": "LigerRotary", "liger-f32cache": "LigerRotaryF32Cache",
+                    "vllm-native": "VllmRotaryNative", "vllm-cuda": "VllmRotaryCuda",
+                    "vllm-native-deepseek-yarn": "VllmDeepseekYarnNative",
+                    "vllm-cuda-deepseek-yarn": "VllmDeepseekYarnCuda",
+                    "te": "TransformerEngineRotary", "te-f32cache": "TransformerEngineRotaryF32Cache",
+                    "te-bshd": "TransformerEngineRotaryBSHD", "te-thd": "TransformerEngineRotaryTHD"},
 }
+
+BUILTIN: dict[str, str] = {name: f"ropeconf.adapters.{family}:{attr}"
+                           for family, members in FAMILIES.items() for name, attr in members.items()}
+
+
+def family_of(name: str) -> str | None:
+    """The family (module, registry file and findings page stem) of a built-in adapter name."""
+    return next((f for f, members in FAMILIES.items() if name in members), None)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ropeconf.reference.dtypes import check
+
 
 def torch_dtype(name: str):
     import torch
 
-    return {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
-            "bfloat16": torch.bfloat16}[name]
+    return getattr(torch, check(name))
 
 
 def to_torch(x: np.ndarray, dtype: str, device: str = "cpu"):

@@ -57,8 +57,8 @@ Sources read (stored copies of the upstream repositories; commit of the copy rea
   ``...dot_product_attention.rope``; all three places are tried.
 
 Cache-taking libraries (flash-attn, Liger, TE) apply a rotation to caller-built tables,
-so, like the ONNX adapters (adapters/onnx_ops.py), each comes in two forms: reference
-tables (``ropeconf.adapters.onnx_ops.build_caches(cache='ref')``: our float64 cos/sin
+so, like the ONNX adapters (adapters/onnx.py), each comes in two forms: reference
+tables (``ropeconf.adapters.onnx.build_caches(cache='ref')``: our float64 cos/sin
 times the attention factor (and xPos), rounded once to the tested dtype) and conventional
 float32 tables (``cache='f32'``, the ``-f32cache`` twins).  With reference tables every
 rope_type "passes" by construction: they test the application step only.  TE takes
@@ -78,12 +78,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ropeconf.conformance.adapter import Adapter, Capabilities
-from ropeconf.reference import FREQS_FOR, ROPE_TYPES, RopeSpec, angles, inv_freq
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics
+from ropeconf.reference import FREQS_FOR, ROPE_TYPES, RopeSpec, inv_freq
 
+from ._tables import table_angles
 from ._torch import cuda_available, to_numpy, to_torch, torch_dtype
-from .hf import partial_rotary_factor_for  # f with int(head_dim * f) == rotary_dim, as HF configs need
-from .onnx_ops import build_caches
+from .onnx import build_caches
+
+
+def _caps(angle_dtype: str, compute_dtype: str | None = None, **kw) -> tuple[Capabilities, Numerics]:
+    return Capabilities(**kw), Numerics(angle_dtype, compute_dtype)
 
 __all__ = [
     "FlashAttnRotary", "FlashAttnRotaryF32Cache", "FlashAttnRotaryVarlen", "FlashAttnRotaryInplace",
@@ -99,7 +103,7 @@ __all__ = [
 
 NO_GPU = "needs a CUDA GPU: torch.cuda.is_available() is False"
 GPU_DTYPES = ("float32", "float16", "bfloat16")
-#: a position-indexed table holds every row 0..max_pos up to this many elements (as onnx_ops)
+#: a position-indexed table holds every row 0..max_pos up to this many elements (as adapters/onnx.py)
 FULL_TABLE_MAX_ELEMENTS = 1 << 18
 FLASH_ATTN_MAX_HEAD_DIM = 256  # flash_attn/ops/triton/rotary.py: assert headdim <= 256
 
@@ -245,55 +249,22 @@ def te_freqs(angles_rows: np.ndarray, layout: str) -> np.ndarray:
 
 
 def te_angles(spec: RopeSpec, rows: np.ndarray, seq_len: int | None, cache: str = "ref") -> np.ndarray:
-    """Angles (rows, r/2) float32 for TE's freqs.
-
-    ``ref``: our float64 angle rounded once to float32.  ``f32``: float32(p) *
-    float32(omega) in float32, the recipe of ``RotaryPositionEmbedding`` and of
-    ``onnx_ops.build_caches(cache='f32')`` (LongRoPE per-position switch included).
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    if cache == "ref":
-        return np.asarray(angles(spec, rows, seq_len=seq_len), dtype=np.float64).astype(np.float32)
-    if cache != "f32":
-        raise ValueError(f"cache must be 'ref' or 'f32', got {cache!r}")
-    p32 = rows.astype(np.float32)[:, None]
-    if spec.rope_type == "longrope" and spec.longrope_switch == "position":
-        L0 = spec.original_max_position_embeddings
-        short = inv_freq(spec)[0].astype(np.float32)
-        long = inv_freq(spec, L0 + 1)[0].astype(np.float32)
-        return np.where(rows[:, None] >= L0, p32 * long, p32 * short).astype(np.float32)
-    return (p32 * inv_freq(spec, seq_len)[0].astype(np.float32)).astype(np.float32)
+    """Angles (rows, r/2) float32 for TE's freqs: ``_tables.table_angles`` (reference or float32 recipe)."""
+    return table_angles(spec, rows, seq_len, cache)
 
 
 # ----------------------------------------------------------------------------- vLLM
 VLLM_ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "longrope", "llama3")
-# Keys of an HF ``rope_parameters`` dict that vLLM's get_rope reads, per rope_type (besides
-# rope_type / rope_theta / partial_rotary_factor / mrope_section / mrope_interleaved): factor,
-# original_max_position_embeddings, the llama3 and longrope keys are indexed with [] (KeyError when
-# missing); beta_fast / beta_slow are picked from a filter list (vLLM's defaults are HF's, 32 / 1).
-_VLLM_KEYS = {
-    "default": (),
-    "linear": ("factor",),
-    "ntk": ("factor",),
-    "dynamic": ("factor",),
-    "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow"),
-    "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
-    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
-}
-_FLOATS = {"factor", "beta_fast", "beta_slow", "low_freq_factor", "high_freq_factor", "attention_factor",
-           "mscale", "mscale_all_dim"}
 # classes whose forward wants query (tokens, heads, head_size) rather than (tokens, heads * head_size)
 _VLLM_3D_QUERY = ("DeepseekScalingRotaryEmbedding",)
 
 
 def vllm_rope_parameters(spec: RopeSpec, yarn_type: str = "yarn") -> dict[str, Any]:
-    """The HF-style ``rope_parameters`` dict a model config carries for ``spec``.
+    """The HF-style ``rope_parameters`` dict a model config carries for ``spec`` (``spec.to_hf_rope_parameters()``).
 
     vLLM's get_rope reads the model config's dict as is, so the adapter hands it exactly
     what an HF config holds (HF key names), and whatever vLLM ignores shows up as a
-    divergence.  Optional HF keys are included only when the spec sets them
-    (``attention_factor``, ``mscale``, ``mscale_all_dim``, ``truncate=False``, longrope
-    ``factor``).  ``yarn_type='deepseek_yarn'`` renames YaRN to vLLM's DeepSeek class (what
+    divergence.  ``yarn_type='deepseek_yarn'`` renames YaRN to vLLM's DeepSeek class (what
     vLLM's DeepSeek-V2/V3 model code does to the config's YaRN dict).
     """
     t = spec.rope_type
@@ -301,37 +272,9 @@ def vllm_rope_parameters(spec: RopeSpec, yarn_type: str = "yarn") -> dict[str, A
         raise ValueError(f"rope_type={t!r} has no vLLM equivalent")
     if yarn_type not in ("yarn", "deepseek_yarn"):
         raise ValueError(f"yarn_type must be 'yarn' or 'deepseek_yarn', got {yarn_type!r}")
-    p: dict[str, Any] = {"rope_type": t, "rope_theta": float(spec.rope_theta)}
-    for key in _VLLM_KEYS[t]:
-        v = getattr(spec, key)
-        if key in ("short_factor", "long_factor"):
-            v = [float(a) for a in v]
-        elif key in _FLOATS:
-            v = float(v)
-        p[key] = v
-    if t == "yarn":
-        for key in ("attention_factor", "mscale", "mscale_all_dim"):
-            if getattr(spec, key) is not None:
-                p[key] = float(getattr(spec, key))
-        if not spec.truncate:
-            p["truncate"] = False
-        if yarn_type == "deepseek_yarn":
-            p["rope_type"] = "deepseek_yarn"
-    if t == "longrope":
-        if spec.factor is not None:
-            p["factor"] = float(spec.factor)
-        if spec.attention_factor is not None:
-            p["attention_factor"] = float(spec.attention_factor)
-    if spec.rotary_dim < spec.head_dim:
-        f = partial_rotary_factor_for(spec)
-        if f is None:
-            raise ValueError(f"rotary_dim={spec.rotary_dim} is not int(head_dim * f) for any f "
-                             f"(head_dim={spec.head_dim})")
-        p["partial_rotary_factor"] = f
-    if spec.mrope_section is not None:
-        p["mrope_section"] = [int(s) for s in spec.mrope_section]
-        if spec.mrope_interleaved:
-            p["mrope_interleaved"] = True
+    p = spec.to_hf_rope_parameters()
+    if t == "yarn" and yarn_type == "deepseek_yarn":
+        p["rope_type"] = "deepseek_yarn"
     return p
 
 
@@ -467,17 +410,14 @@ class _GpuAdapter(Adapter):
             why = "empty positions not supported"
         if why is None:
             why = self._limits(spec, dtype, positions)
-        if why is None and device == "cuda" and not cuda_available():
-            why = "device=cuda not supported (torch.cuda.is_available() is False)"
         return why
 
     def _limits(self, spec: RopeSpec, dtype: str, positions: np.ndarray | None) -> str | None:
         """Library-specific limits beyond the capabilities (pure: no GPU, no library)."""
         return None
 
-    def run(self, x, positions, spec, *, dtype, device="cuda", role="query"):
+    def call(self, x, positions, spec, *, dtype, device="cuda", role="query"):
         positions = np.asarray(positions, dtype=np.int64)
-        self.require_supported(spec, dtype, device, positions)
         import torch
 
         x = np.asarray(x)
@@ -515,7 +455,7 @@ class FlashAttnRotary(_GpuAdapter):
     cache = "ref"
     varlen = False
     inplace = False
-    capabilities = Capabilities(rope_types=ROPE_TYPES, layouts=("half", "interleaved"), dtypes=GPU_DTYPES,
+    capabilities, precision = _caps(rope_types=ROPE_TYPES, layouts=("half", "interleaved"), dtypes=GPU_DTYPES,
                                 devices=("cuda",), freqs_for=FREQS_FOR, partial=True, xpos=True, axial=False,
                                 mrope=False, positions="arbitrary", angle_dtype="float64")
 
@@ -553,7 +493,7 @@ class FlashAttnRotaryF32Cache(FlashAttnRotary):
 
     name = "flash-attn-f32cache"
     cache = "f32"
-    capabilities = Capabilities(rope_types=ROPE_TYPES, layouts=("half", "interleaved"), dtypes=GPU_DTYPES,
+    capabilities, precision = _caps(rope_types=ROPE_TYPES, layouts=("half", "interleaved"), dtypes=GPU_DTYPES,
                                 devices=("cuda",), freqs_for=FREQS_FOR, partial=True, xpos=False, axial=False,
                                 mrope=False, positions="arbitrary", angle_dtype="float32")
 
@@ -588,7 +528,7 @@ class LigerRotary(_GpuAdapter):
     distribution = "liger-kernel"
     requires = ("torch", "liger_kernel.transformers.rope")
     cache = "ref"
-    capabilities = Capabilities(rope_types=ROPE_TYPES, layouts=("half",), dtypes=GPU_DTYPES, devices=("cuda",),
+    capabilities, precision = _caps(rope_types=ROPE_TYPES, layouts=("half",), dtypes=GPU_DTYPES, devices=("cuda",),
                                 freqs_for=FREQS_FOR, partial=False, xpos=True, axial=True, mrope=True,
                                 positions="arbitrary", angle_dtype="float64")
 
@@ -611,7 +551,7 @@ class LigerRotaryF32Cache(LigerRotary):
 
     name = "liger-f32cache"
     cache = "f32"
-    capabilities = Capabilities(rope_types=ROPE_TYPES, layouts=("half",), dtypes=GPU_DTYPES, devices=("cuda",),
+    capabilities, precision = _caps(rope_types=ROPE_TYPES, layouts=("half",), dtypes=GPU_DTYPES, devices=("cuda",),
                                 freqs_for=FREQS_FOR, partial=False, xpos=False, axial=True, mrope=True,
                                 positions="arbitrary", angle_dtype="float32")
 
@@ -699,16 +639,16 @@ class _VllmBase(_GpuAdapter):
     requires = ("torch", "vllm.model_executor.layers.rotary_embedding")
     path = "native"          # "native": forward_native (or a plain module's forward); "cuda": the kernel
     yarn_type = "yarn"
-    probe_device = "cuda"    # where _probe builds and runs its one-token call
+    probe_on = "cuda"        # where _probe builds and runs its one-token call
     _probe_cache: dict = {}
-    capabilities = Capabilities(rope_types=VLLM_ROPE_TYPES, layouts=("half", "interleaved"), dtypes=GPU_DTYPES,
+    capabilities, precision = _caps(rope_types=VLLM_ROPE_TYPES, layouts=("half", "interleaved"), dtypes=GPU_DTYPES,
                                 devices=("cuda",), freqs_for=("lang",), partial=True, xpos=False, axial=False,
                                 mrope=True, positions="arbitrary", angle_dtype="float32")
 
     # ------------------------------------------------------------------ checks (pure)
     def _limits(self, spec, dtype, positions):
         t = spec.rope_type
-        if spec.rotary_dim < spec.head_dim and partial_rotary_factor_for(spec) is None:
+        if spec.rotary_dim < spec.head_dim and spec.hf_partial_rotary_factor() is None:
             return (f"rotary_dim={spec.rotary_dim} not expressible as int(head_size * partial_rotary_factor) "
                     f"with head_size={spec.head_dim}")
         if t == "longrope" and spec.layout != "half":
@@ -809,12 +749,12 @@ class _VllmBase(_GpuAdapter):
 
     def _probe(self, spec: RopeSpec, dtype: str) -> str | None:
         """None when this vLLM runs a CUDA kernel (not forward_native) for spec's class and dtype."""
-        key = (type(self).__name__, spec.to_json(), dtype, self.probe_device)
+        key = (type(self).__name__, spec.to_json(), dtype, self.probe_on)
         if key not in _VllmBase._probe_cache:
             why = None
             pos = np.zeros((1, 1, 3) if spec.mrope_section is not None else (1, 1), dtype=np.int64)
             try:
-                rope = self._build(spec, dtype, pos, self.probe_device)
+                rope = self._build(spec, dtype, pos, self.probe_on)
                 method, what = self._method(rope)
                 if method is None:
                     why = what
@@ -822,7 +762,7 @@ class _VllmBase(_GpuAdapter):
                     from ropeconf.golden_data.corpus import round_to
 
                     x = round_to(np.ones((1, 1, 1, spec.head_dim)), dtype)
-                    self._apply(rope, x, pos, spec, dtype, self.probe_device)
+                    self._apply(rope, x, pos, spec, dtype, self.probe_on)
             except _NativeFallback as e:
                 why = (f"no CUDA kernel for this configuration: {e} (dtype={dtype}, head_size={spec.head_dim}); "
                        f"see vllm-native")
@@ -849,7 +789,7 @@ class VllmRotaryCuda(_VllmBase):
     path = "cuda"
 
 
-_DEEPSEEK_CAPS = Capabilities(rope_types=("yarn",), layouts=("half", "interleaved"), dtypes=GPU_DTYPES,
+_DEEPSEEK_CAPS, _DEEPSEEK_PRECISION = _caps(rope_types=("yarn",), layouts=("half", "interleaved"), dtypes=GPU_DTYPES,
                               devices=("cuda",), freqs_for=("lang",), partial=False, xpos=False, axial=False,
                               mrope=False, positions="arbitrary", angle_dtype="float32")
 
@@ -861,7 +801,7 @@ class VllmDeepseekYarnNative(VllmRotaryNative):
 
     name = "vllm-native-deepseek-yarn"
     yarn_type = "deepseek_yarn"
-    capabilities = _DEEPSEEK_CAPS
+    capabilities, precision = _DEEPSEEK_CAPS, _DEEPSEEK_PRECISION
 
 
 class VllmDeepseekYarnCuda(VllmRotaryCuda):
@@ -870,7 +810,7 @@ class VllmDeepseekYarnCuda(VllmRotaryCuda):
 
     name = "vllm-cuda-deepseek-yarn"
     yarn_type = "deepseek_yarn"
-    capabilities = _DEEPSEEK_CAPS
+    capabilities, precision = _DEEPSEEK_CAPS, _DEEPSEEK_PRECISION
 
 
 # --------------------------------------------------------------------------- TransformerEngine
@@ -910,7 +850,7 @@ class TransformerEngineRotary(_GpuAdapter):
     requires = ("torch", "transformer_engine.pytorch")
     cache = "ref"
     tensor_format = "sbhd"
-    capabilities = Capabilities(rope_types=ROPE_TYPES, layouts=("half", "interleaved"), dtypes=GPU_DTYPES,
+    capabilities, precision = _caps(rope_types=ROPE_TYPES, layouts=("half", "interleaved"), dtypes=GPU_DTYPES,
                                 devices=("cuda",), freqs_for=FREQS_FOR, partial=True, xpos=False, axial=False,
                                 mrope=False, positions="arbitrary", angle_dtype="float32", compute_dtype="float32")
 

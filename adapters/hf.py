@@ -56,13 +56,14 @@ import logging
 
 import numpy as np
 
-from ropeconf.conformance.adapter import DTYPES, Adapter, Capabilities
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics
 from ropeconf.reference import RopeSpec
+from ropeconf.reference.dtypes import DTYPES
 
-from ._torch import cuda_available, to_numpy, to_torch
+from ._torch import to_numpy, to_torch
 
 # Keys each HF validator accepts (``_validate_<type>_rope_parameters``), besides
-# rope_type / rope_theta / partial_rotary_factor.
+# rope_type / rope_theta / partial_rotary_factor / mrope_section.
 _HF_KEYS = {
     "default": (),
     "linear": ("factor",),
@@ -73,8 +74,7 @@ _HF_KEYS = {
                  "short_factor", "long_factor"),
     "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"),
 }
-_FLOAT_KEYS = {"factor", "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
-               "low_freq_factor", "high_freq_factor", "rope_theta"}
+_ALWAYS = ("rope_type", "rope_theta", "partial_rotary_factor", "mrope_section", "mrope_interleaved")
 
 
 @contextlib.contextmanager
@@ -89,43 +89,10 @@ def _quiet_transformers():
         log.setLevel(old)
 
 
-def partial_rotary_factor_for(spec: RopeSpec) -> float | None:
-    """A partial_rotary_factor f with int(head_dim * f) == rotary_dim (HF's rule), or None."""
-    r, d = spec.rotary_dim, spec.head_dim
-    if r == d:
-        return 1.0
-    candidates = [spec.partial_rotary_factor, r / d]
-    f = r / d
-    for _ in range(4):  # r/d * d can round just below r (e.g. 1/49*49); step up an ulp or two
-        f = float(np.nextafter(f, 2.0))
-        candidates.append(f)
-    for f in candidates:
-        if 0.0 < f < 1.0 and int(d * f) == r:
-            return f
-    return None
-
-
 def _rope_parameters(spec: RopeSpec) -> dict:
-    t = spec.rope_type
-    params: dict = {"rope_type": t, "rope_theta": float(spec.rope_theta)}
-    for key in _HF_KEYS[t]:
-        v = getattr(spec, key)
-        if v is None:
-            continue
-        if key in ("short_factor", "long_factor"):
-            v = [float(a) for a in v]
-        elif key in _FLOAT_KEYS:
-            v = float(v)
-        params[key] = v
-    if t == "yarn":
-        # RopeSpec always carries beta_fast/beta_slow/truncate (defaults 32/1/True = HF's defaults);
-        # pass them explicitly so HF's own defaults are not relied upon.
-        params["truncate"] = bool(spec.truncate)
-    if spec.rotary_dim < spec.head_dim:
-        params["partial_rotary_factor"] = partial_rotary_factor_for(spec)
-    if spec.mrope_section is not None:
-        params["mrope_section"] = [int(s) for s in spec.mrope_section]
-    return params
+    """``spec.to_hf_rope_parameters()`` restricted to the keys the type's HF validator accepts."""
+    keys = set(_ALWAYS) | set(_HF_KEYS[spec.rope_type])
+    return {k: v for k, v in spec.to_hf_rope_parameters().items() if k in keys}
 
 
 def _max_position_embeddings(spec: RopeSpec) -> int:
@@ -162,20 +129,18 @@ class HFTransformers(Adapter):
         axial=False,
         mrope=True,
         positions="arbitrary",
-        angle_dtype="float32",
     )
+    precision = Numerics(angle_dtype="float32")
 
     # ------------------------------------------------------------------------------------------
     def why_unsupported(self, spec, dtype, device, positions=None):
         why = super().why_unsupported(spec, dtype, device, positions)
         if why:
             return why
-        if device == "cuda" and not cuda_available():
-            return "device=cuda not supported (torch.cuda.is_available() is False)"
         if spec.rope_type == "longrope" and spec.longrope_switch != "sequence":
             return ("longrope_switch='position' not supported (HF picks short/long factors for the whole "
                     "call by max(position_ids)+1 > original_max_position_embeddings)")
-        if spec.rotary_dim < spec.head_dim and partial_rotary_factor_for(spec) is None:
+        if spec.rotary_dim < spec.head_dim and spec.hf_partial_rotary_factor() is None:
             return (f"rotary_dim={spec.rotary_dim} not expressible as int(head_dim * partial_rotary_factor) "
                     f"with head_dim={spec.head_dim}")
         if spec.mrope_section is not None:
@@ -239,10 +204,9 @@ class HFTransformers(Adapter):
             rotary = rotary_cls(config)
         return config, rotary, apply_fn
 
-    def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         import torch
 
-        self.require_supported(spec, dtype, device, positions)
         x = np.asarray(x)
         heads = int(x.shape[1]) if x.ndim == 4 else 1
         # FRESH module per call: HF's dynamic/longrope updates are stateful (see module doc).

@@ -73,7 +73,7 @@ import sys
 
 import numpy as np
 
-from ropeconf.conformance.adapter import Adapter, Capabilities, positions_kind
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics, positions_kind
 from ropeconf.reference import RopeSpec
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
@@ -95,8 +95,8 @@ class KerasHubRotary(Adapter):
         partial=False, xpos=False, axial=False, mrope=False,
         positions="arbitrary",
         max_position=_INT32_MAX,     # positions travel as int32 (jax has no int64 without x64)
-        angle_dtype="float32",
     )
+    precision = Numerics(angle_dtype="float32")
 
     def __init__(self) -> None:
         self._layers: dict[tuple[RopeSpec, str], object] = {}
@@ -195,7 +195,7 @@ class KerasHubRotary(Adapter):
             self._layers[key] = _layer_class(cls_name)(**kwargs)
         return self._layers[key]
 
-    def run(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec, *, dtype: str,
+    def call(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec, *, dtype: str,
             device: str = "cpu", role: str = "query"):
         from keras import ops
 

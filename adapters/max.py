@@ -79,7 +79,7 @@ from typing import Any
 
 import numpy as np
 
-from ropeconf.conformance.adapter import Adapter, Capabilities, positions_kind
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics, positions_kind
 from ropeconf.reference import RopeSpec
 
 #: rows of every compiled cos/sin table; positions 0 .. TABLE_POSITIONS-1 are valid.
@@ -193,8 +193,8 @@ class MaxRotary(Adapter):
         mrope=False,
         positions="offset",
         max_position=TABLE_POSITIONS - 1,
-        angle_dtype="float32",
     )
+    precision = Numerics(angle_dtype="float32")
     #: compiled models kept in memory (each holds its constant-folded table: rows * head_dim * 4 bytes)
     max_cached_models = 4
 
@@ -209,6 +209,11 @@ class MaxRotary(Adapter):
         prepare_environment()
         return super().availability()
 
+    def probe_device(self, device: str) -> str | None:
+        if device == "cuda" and not _accelerator_available():
+            return "MAX sees no accelerator: max.driver.accelerator_count() == 0"
+        return super().probe_device(device) if device != "cuda" else None
+
     def why_unsupported(self, spec, dtype, device, positions=None):
         why = super().why_unsupported(spec, dtype, device, positions)
         if why:
@@ -217,8 +222,6 @@ class MaxRotary(Adapter):
             return "yarn attention_factor not supported (YarnScalingParams has no such field; MAX applies mscale)"
         if spec.rope_type == "longrope" and spec.attention_factor is not None:
             return "longrope attention_factor not supported (LongRoPEScalingParams has no such field)"
-        if device == "cuda" and not _accelerator_available():
-            return "device=cuda not supported (MAX sees no accelerator: max.driver.accelerator_count() == 0)"
         if positions is not None:
             p = np.asarray(positions)
             if p.dtype.kind == "f" and not np.all(p == np.round(p)):
@@ -271,8 +274,7 @@ class MaxRotary(Adapter):
                 self._models.popitem(last=False)
             return model
 
-    def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
-        self.require_supported(spec, dtype, device, positions)
+    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         pos = np.asarray(positions)
         if positions_kind(pos) == "arbitrary":
             raise ValueError("max adapter: positions must share one start (MAX takes a single start_pos)")

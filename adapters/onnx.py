@@ -86,8 +86,13 @@ from typing import Any
 
 import numpy as np
 
-from ropeconf.conformance.adapter import Adapter, Capabilities
-from ropeconf.reference import RopeSpec, ROPE_TYPES, FREQS_FOR, cos_sin, inv_freq, pair_index, xpos_scale
+import dataclasses
+
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics
+from ropeconf.reference import FREQS_FOR, ROPE_TYPES, RopeSpec
+from ropeconf.reference.dtypes import numpy_dtype
+
+from ._tables import cos_sin_tables
 
 __all__ = [
     "OnnxReference", "OnnxReferenceF32Cache", "OrtRotary", "OrtRotaryF32Cache",
@@ -101,14 +106,6 @@ _ort_lock = threading.Lock()
 
 
 # --------------------------------------------------------------------------- helpers
-def _np_dtype(dtype: str):
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(dtype)
-
-
 def _import_ort():
     """Import onnxruntime with its device-id/telemetry cache redirected away from $HOME."""
     if "onnxruntime" in sys.modules:
@@ -151,41 +148,13 @@ def build_caches(spec: RopeSpec, positions: np.ndarray, dtype: str, *, cache: st
     the compact form).
     """
     positions = np.asarray(positions, dtype=np.int64)
-    out_dt = _np_dtype(dtype)
     seq_len = int(positions.max()) + 1 if positions.size else None
-    per_token = positions.ndim == 3
-    if per_token:
+    if positions.ndim == 3:  # per-token tables for stream positions
         rows, ids, pad = positions, None, 0
     else:
         rows, ids, pad = _cache_rows(positions, spec.n_pairs, max_elements, min_rows)
-    if cache == "ref":
-        c, s = cos_sin(spec, rows, seq_len=seq_len)
-        mag = np.float64(inv_freq(spec, seq_len)[1])
-        if spec.xpos:
-            mag = mag * xpos_scale(spec, rows, seq_len=seq_len, role=role)
-        if not (np.ndim(mag) == 0 and mag == 1.0):
-            c, s = c * mag, s * mag
-        return _pad(c, pad).astype(out_dt), _pad(s, pad).astype(out_dt), ids
-    if cache != "f32":
-        raise ValueError(f"cache must be 'ref' or 'f32', got {cache!r}")
-    if spec.xpos:
-        raise ValueError("float32 caches do not model xPos")
-    _, stream = pair_index(spec)
-    pp = rows[..., stream] if per_token else rows[:, None]          # position per (row, pair)
-    p32 = pp.astype(np.float32)
-    inv, att = inv_freq(spec, seq_len)
-    if spec.rope_type == "longrope" and spec.longrope_switch == "position":
-        L0 = spec.original_max_position_embeddings
-        inv_s = inv_freq(spec)[0].astype(np.float32)
-        inv_l = inv_freq(spec, L0 + 1)[0].astype(np.float32)
-        ang = np.where(pp >= L0, p32 * inv_l, p32 * inv_s)
-    else:
-        ang = p32 * inv.astype(np.float32)
-    ang = ang.astype(np.float32)
-    c, s = np.cos(ang), np.sin(ang)
-    if att != 1.0:
-        c, s = c * np.float32(att), s * np.float32(att)
-    return _pad(c, pad).astype(out_dt), _pad(s, pad).astype(out_dt), ids
+    c, s = cos_sin_tables(spec, rows, seq_len, dtype, cache=cache, role=role)
+    return _pad(c, pad), _pad(s, pad), ids
 
 
 def _pad(table: np.ndarray, rows: int) -> np.ndarray:
@@ -233,17 +202,23 @@ def _one_node_model(dtype: str, interleaved: bool, rd_attr: int, with_ids: bool,
                              producer_name="rope-conformance")
 
 
-_ALL_CAPS = dict(rope_types=ROPE_TYPES, layouts=("half", "interleaved"), freqs_for=FREQS_FOR,
-                 partial=True, positions="arbitrary")
+_ALL_CAPS = Capabilities(rope_types=ROPE_TYPES, layouts=("half", "interleaved"), freqs_for=FREQS_FOR,
+                         partial=True, positions="arbitrary", xpos=True, axial=True, mrope=True)
 # Reference caches come from exact angles (declared as float64, the best the tolerance model knows);
 # float32 caches form the angle in float32 whatever the tested dtype (float64 included).
-_REF = dict(_ALL_CAPS, angle_dtype="float64")
-_F32 = dict(_ALL_CAPS, angle_dtype="float32")
+_REF = Numerics(angle_dtype="float64")
+_F32 = Numerics(angle_dtype="float32")
+
+
+def _f32_twin(cls) -> tuple[str, Capabilities, Numerics]:
+    """(cache, capabilities, precision) of the float32-cache twin of a reference-cache adapter:
+    the same op fed conventional float32 tables (which do not model xPos)."""
+    return "f32", dataclasses.replace(cls.capabilities, xpos=False), _F32
 
 
 # --------------------------------------------------------------------------- base
 class _CacheOpAdapter(Adapter):
-    """Shared run(): check, build caches, call the op (``_call``)."""
+    """Shared call(): build caches, call the op (``_call``)."""
 
     cache = "ref"
     #: a position-indexed cache holds every row 0..max_pos up to this many elements
@@ -254,16 +229,9 @@ class _CacheOpAdapter(Adapter):
     def __init__(self) -> None:
         self._models: dict[tuple, Any] = {}
 
-    def why_unsupported(self, spec, dtype, device, positions=None):
-        why = super().why_unsupported(spec, dtype, device, positions)
-        if why is None and self.cache == "f32" and spec.xpos:
-            why = "xpos not supported (float32 caches)"
-        return why
-
-    def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         positions = np.asarray(positions, dtype=np.int64)
-        self.require_supported(spec, dtype, device, positions)
-        x = np.ascontiguousarray(np.asarray(x).astype(_np_dtype(dtype), copy=False))
+        x = np.ascontiguousarray(np.asarray(x).astype(numpy_dtype(dtype), copy=False))
         if x.ndim != 4:
             raise ValueError(f"x must be (batch, heads, seq, head_dim), got shape {x.shape}")
         cos, sin, ids = build_caches(spec, positions, dtype, cache=self.cache, role=role,
@@ -282,8 +250,8 @@ class OnnxReference(_CacheOpAdapter):
     name = "onnx-ref"
     distribution = "onnx"
     requires = ("onnx", "onnx.reference")
-    capabilities = Capabilities(dtypes=("float32", "float16", "bfloat16"), devices=("cpu",),
-                                xpos=True, axial=True, mrope=True, **_REF)
+    capabilities = dataclasses.replace(_ALL_CAPS, dtypes=("float32", "float16", "bfloat16"), devices=("cpu",))
+    precision = _REF
 
     def _call(self, x, cos, sin, ids, spec, dtype, device):
         from onnx.reference import ReferenceEvaluator
@@ -300,9 +268,7 @@ class OnnxReference(_CacheOpAdapter):
 
 class OnnxReferenceF32Cache(OnnxReference):
     name = "onnx-ref-f32cache"
-    cache = "f32"
-    capabilities = Capabilities(dtypes=("float32", "float16", "bfloat16"), devices=("cpu",),
-                                xpos=False, axial=True, mrope=True, **_F32)
+    cache, capabilities, precision = _f32_twin(OnnxReference)
 
 
 # --------------------------------------------------------------------------- onnxruntime
@@ -332,6 +298,16 @@ class _OrtBase(_CacheOpAdapter):
             return f"import failed: {type(e).__name__}: {e}"
         return None
 
+    def probe_device(self, device: str) -> str | None:
+        if device != "cuda":
+            return super().probe_device(device)
+        try:
+            if "CUDAExecutionProvider" in _import_ort().get_available_providers():
+                return None
+        except Exception as e:  # noqa: BLE001
+            return f"onnxruntime: {type(e).__name__}: {e}"
+        return "no CUDAExecutionProvider in this onnxruntime"
+
     @staticmethod
     def _providers(device: str) -> list[str]:
         return ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
@@ -357,11 +333,7 @@ class _OrtBase(_CacheOpAdapter):
         if key not in _OrtBase._kernel_probe:
             why = None
             try:
-                ort = _import_ort()
-                if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
-                    why = "device=cuda not supported (no CUDAExecutionProvider in this onnxruntime)"
-                else:
-                    self._session(dtype, False, 0, True, 1, device)
+                self._session(dtype, False, 0, True, 1, device)
             except Exception as e:
                 why = (f"onnxruntime {getattr(sys.modules.get('onnxruntime'), '__version__', '?')} "
                        f"cannot run {'com.microsoft.' if self.contrib else ''}RotaryEmbedding in "
@@ -388,15 +360,13 @@ class OrtRotary(_OrtBase):
     """onnxruntime, opset-23 ``RotaryEmbedding`` (CPU kernel since onnxruntime 1.23)."""
 
     name = "ort"
-    capabilities = Capabilities(dtypes=("float32", "float16"), devices=("cpu", "cuda"),
-                                xpos=True, axial=True, mrope=True, **_REF)
+    capabilities = dataclasses.replace(_ALL_CAPS, dtypes=("float32", "float16"), devices=("cpu", "cuda"))
+    precision = _REF
 
 
 class OrtRotaryF32Cache(OrtRotary):
     name = "ort-f32cache"
-    cache = "f32"
-    capabilities = Capabilities(dtypes=("float32", "float16"), devices=("cpu", "cuda"),
-                                xpos=False, axial=True, mrope=True, **_F32)
+    cache, capabilities, precision = _f32_twin(OrtRotary)
 
 
 class OrtContribRotary(_OrtBase):
@@ -410,15 +380,13 @@ class OrtContribRotary(_OrtBase):
 
     name = "ort-contrib"
     contrib = True
-    capabilities = Capabilities(dtypes=("float32", "float16"), devices=("cpu", "cuda"),
-                                xpos=True, axial=False, mrope=False, **_REF)
+    capabilities = dataclasses.replace(OrtRotary.capabilities, axial=False, mrope=False)
+    precision = _REF
 
 
 class OrtContribRotaryF32Cache(OrtContribRotary):
     name = "ort-contrib-f32cache"
-    cache = "f32"
-    capabilities = Capabilities(dtypes=("float32", "float16"), devices=("cpu", "cuda"),
-                                xpos=False, axial=False, mrope=False, **_F32)
+    cache, capabilities, precision = _f32_twin(OrtContribRotary)
 
 
 # --------------------------------------------------------------------------- torch.onnx.ops
@@ -432,17 +400,9 @@ class TorchOnnxRotary(_CacheOpAdapter):
     name = "torch-onnx"
     distribution = "torch"
     requires = ("torch", "torch.onnx.ops")
-    capabilities = Capabilities(dtypes=("float64", "float32", "float16", "bfloat16"),
-                                devices=("cpu", "cuda"), xpos=True, axial=True, mrope=True, **_REF)
-
-    def why_unsupported(self, spec, dtype, device, positions=None):
-        why = super().why_unsupported(spec, dtype, device, positions)
-        if why is None and device == "cuda":
-            from ._torch import cuda_available
-
-            if not cuda_available():
-                why = "device=cuda not supported (torch.cuda.is_available() is False)"
-        return why
+    capabilities = dataclasses.replace(_ALL_CAPS, dtypes=("float64", "float32", "float16", "bfloat16"),
+                                       devices=("cpu", "cuda"))
+    precision = _REF
 
     def _call(self, x, cos, sin, ids, spec, dtype, device):
         import torch
@@ -461,6 +421,4 @@ class TorchOnnxRotary(_CacheOpAdapter):
 
 class TorchOnnxRotaryF32Cache(TorchOnnxRotary):
     name = "torch-onnx-f32cache"
-    cache = "f32"
-    capabilities = Capabilities(dtypes=("float64", "float32", "float16", "bfloat16"),
-                                devices=("cpu", "cuda"), xpos=False, axial=True, mrope=True, **_F32)
+    cache, capabilities, precision = _f32_twin(TorchOnnxRotary)

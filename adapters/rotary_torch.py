@@ -52,16 +52,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ropeconf.conformance.adapter import DTYPES, Adapter, Capabilities, positions_kind
-from ropeconf.reference import RopeSpec
+import dataclasses
 
-from ._torch import cuda_available, to_numpy, to_torch
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics, positions_kind
+from ropeconf.reference import RopeSpec
+from ropeconf.reference.dtypes import DTYPES
+
+from ._torch import to_numpy, to_torch
 
 _ALL_FREQS = ("lang", "pixel", "constant", "custom")
-
-
-def _devices() -> tuple[str, ...]:
-    return ("cpu", "cuda") if cuda_available() else ("cpu",)
 
 
 def _module(spec: RopeSpec, dim: int, device: str):
@@ -113,18 +112,16 @@ class RotaryTorch(Adapter):
     name = "rotary-torch"
     distribution = "rotary-embedding-torch"
     requires = ("torch", "einops", "rotary_embedding_torch")
-
-    def __init__(self) -> None:
-        self.capabilities = Capabilities(
-            rope_types=("default", "linear", "ntk"),
-            layouts=("interleaved",),
-            dtypes=DTYPES,
-            devices=_devices(),
-            freqs_for=_ALL_FREQS,
-            partial=True, xpos=True, axial=True, mrope=False,
-            positions="arbitrary",
-            angle_dtype="float32",
-        )
+    capabilities = Capabilities(
+        rope_types=("default", "linear", "ntk"),
+        layouts=("interleaved",),
+        dtypes=DTYPES,
+        devices=("cpu", "cuda"),
+        freqs_for=_ALL_FREQS,
+        partial=True, xpos=True, axial=True, mrope=False,
+        positions="arbitrary",
+    )
+    precision = Numerics(angle_dtype="float32")
 
     def why_unsupported(self, spec, dtype, device, positions=None):
         why = super().why_unsupported(spec, dtype, device, positions)
@@ -151,11 +148,10 @@ class RotaryTorch(Adapter):
                     "(only rotate_queries_or_keys' get_seq_pos divides by it)")
         return None
 
-    def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         from rotary_embedding_torch import apply_rotary_emb
 
         positions = np.asarray(positions)
-        self.require_supported(spec, dtype, device, positions)
         t = to_torch(x, dtype, device)
         if spec.axial_axes:
             dims, offsets = _axial_grid(positions)
@@ -195,20 +191,10 @@ class RotaryTorchCachedKeys(Adapter):
     name = "rotary-torch-cached-keys"
     distribution = "rotary-embedding-torch"
     requires = ("torch", "einops", "rotary_embedding_torch")
-
-    def __init__(self) -> None:
-        self.capabilities = Capabilities(
-            rope_types=("default", "linear", "ntk"),
-            layouts=("interleaved",),
-            dtypes=DTYPES,
-            devices=_devices(),
-            freqs_for=_ALL_FREQS,
-            partial=True, xpos=True, axial=False, mrope=False,
-            positions="offset",
-            # the zero-padded key cache is start+S rows: keep it a few hundred MB at most
-            max_position=2 ** 15,
-            angle_dtype="float32",
-        )
+    # the zero-padded key cache is start+S rows: keep it a few hundred MB at most
+    capabilities = dataclasses.replace(RotaryTorch.capabilities, axial=False, positions="offset",
+                                       max_position=2 ** 15)
+    precision = RotaryTorch.precision
 
     def why_unsupported(self, spec, dtype, device, positions=None):
         why = super().why_unsupported(spec, dtype, device, positions)
@@ -220,11 +206,10 @@ class RotaryTorchCachedKeys(Adapter):
             return "xpos_center: the library centres each scale at its own length // 2"
         return None
 
-    def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         import torch
 
         positions = np.asarray(positions)
-        self.require_supported(spec, dtype, device, positions)
         t = to_torch(x, dtype, device)
         start = int(positions[0, 0]) if positions.size else 0
         b, h, s, d = t.shape
@@ -247,25 +232,15 @@ class RotaryTorchLearned(Adapter):
     name = "rotary-torch-learned"
     distribution = "rotary-embedding-torch"
     requires = ("torch", "einops", "rotary_embedding_torch")
+    # float32 rotations hold integers exactly up to 2**24
+    capabilities = dataclasses.replace(RotaryTorch.capabilities, rope_types=("default", "ntk"), xpos=False,
+                                       axial=False, max_position=2 ** 24)
+    precision = RotaryTorch.precision
 
-    def __init__(self) -> None:
-        self.capabilities = Capabilities(
-            rope_types=("default", "ntk"),
-            layouts=("interleaved",),
-            dtypes=DTYPES,
-            devices=_devices(),
-            freqs_for=_ALL_FREQS,
-            partial=True, xpos=False, axial=False, mrope=False,
-            positions="arbitrary",
-            max_position=2 ** 24,  # float32 rotations hold integers exactly up to 2**24
-            angle_dtype="float32",
-        )
-
-    def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         import torch
         from rotary_embedding_torch import apply_learned_rotations
 
-        self.require_supported(spec, dtype, device, positions)
         t = to_torch(x, dtype, device)
         rot = _module(spec, spec.rotary_dim, device)
         rotations = torch.as_tensor(np.asarray(positions), dtype=torch.float32, device=device)[:, None, :, None]

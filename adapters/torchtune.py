@@ -69,15 +69,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import importlib
 import logging
 
 import numpy as np
 
-from ropeconf.conformance.adapter import DTYPES, Adapter, Capabilities
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics
 from ropeconf.reference import RopeSpec
+from ropeconf.reference.dtypes import DTYPES
 
-from ._torch import cuda_available, to_numpy, to_torch
+from ._torch import to_numpy, to_torch
 
 MAX_POSITION = 2 ** 20
 CACHE_BYTES = 2 ** 30
@@ -107,10 +109,6 @@ def _import(module: str):
         return importlib.import_module(module)
 
 
-def _devices() -> tuple[str, ...]:
-    return ("cpu", "cuda") if cuda_available() else ("cpu",)
-
-
 def _rows(max_pos: int, max_position: int) -> int:
     """Cache length for positions up to ``max_pos``: next power of two, capped."""
     need = max(int(max_pos) + 1, _MIN_ROWS)
@@ -120,21 +118,20 @@ def _rows(max_pos: int, max_position: int) -> int:
 class _TorchtuneBase(Adapter):
     distribution = "torchtune"
     requires = ("torch", "torchtune")
-    rope_type = "default"
     max_position = MAX_POSITION
+    capabilities = Capabilities(
+        rope_types=("default",),
+        layouts=("interleaved",),
+        dtypes=_DTYPES,          # float64 runs, but in float32 (see the module docstring)
+        devices=("cpu", "cuda"),
+        freqs_for=("lang",),
+        partial=False, xpos=False, axial=False, mrope=False,
+        positions="arbitrary",
+        max_position=MAX_POSITION,
+    )
+    precision = Numerics(angle_dtype="float32")
 
     def __init__(self) -> None:
-        self.capabilities = Capabilities(
-            rope_types=(self.rope_type,),
-            layouts=("interleaved",),
-            dtypes=_DTYPES,          # float64 runs, but in float32 (see the module docstring)
-            devices=_devices(),
-            freqs_for=("lang",),
-            partial=False, xpos=False, axial=False, mrope=False,
-            positions="arbitrary",
-            max_position=self.max_position,
-            angle_dtype="float32",
-        )
         # (spec, device) -> module whose cache covers every position seen so far (LRU order)
         self._modules: collections.OrderedDict[tuple[RopeSpec, str], object] = collections.OrderedDict()
 
@@ -184,7 +181,7 @@ class _TorchtuneBase(Adapter):
         while self._modules and total() > max(budget, 0):
             self._modules.popitem(last=False)
 
-    def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         import torch
 
         positions = np.array(positions, dtype=np.int64)           # a writable copy for torch
@@ -203,7 +200,6 @@ class TorchtuneRoPE(_TorchtuneBase):
     """``torchtune.modules.RotaryPositionalEmbeddings`` (plain RoPE)."""
 
     name = "torchtune"
-    rope_type = "default"
 
     def _build(self, spec: RopeSpec, max_seq_len: int):
         RotaryPositionalEmbeddings = _import("torchtune.modules").RotaryPositionalEmbeddings
@@ -220,7 +216,7 @@ class TorchtuneLlama3(_TorchtuneBase):
     """
 
     name = "torchtune-llama3"
-    rope_type = "llama3"
+    capabilities = dataclasses.replace(_TorchtuneBase.capabilities, rope_types=("llama3",))
 
     def _build(self, spec: RopeSpec, max_seq_len: int):
         Llama3ScaledRoPE = _import("torchtune.models.llama3_1").Llama3ScaledRoPE

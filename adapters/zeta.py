@@ -51,9 +51,10 @@ import sys
 
 import numpy as np
 
-from ropeconf.conformance.adapter import DTYPES, Adapter, Capabilities, positions_kind
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics, positions_kind
+from ropeconf.reference.dtypes import DTYPES
 
-from ._torch import cuda_available, to_numpy, to_torch
+from ._torch import to_numpy, to_torch
 
 _MODULE_NAME = "_ropeconf_zeta_nn_embeddings_rope"
 _loaded: dict[str, object] = {}
@@ -82,18 +83,16 @@ class ZetaRotary(Adapter):
     name = "zeta"
     distribution = "zetascale"
     requires = ("torch", "einops")
-
-    def __init__(self) -> None:
-        self.capabilities = Capabilities(
-            rope_types=("default", "linear", "ntk"),
-            layouts=("half",),
-            dtypes=DTYPES,
-            devices=("cpu", "cuda") if cuda_available() else ("cpu",),
-            freqs_for=("lang",),
-            partial=False, xpos=True, axial=False, mrope=False,
-            positions="offset",
-            angle_dtype="float32",
-        )
+    capabilities = Capabilities(
+        rope_types=("default", "linear", "ntk"),
+        layouts=("half",),
+        dtypes=DTYPES,
+        devices=("cpu", "cuda"),
+        freqs_for=("lang",),
+        partial=False, xpos=True, axial=False, mrope=False,
+        positions="offset",
+    )
+    precision = Numerics(angle_dtype="float32")
 
     def availability(self):
         why = super().availability()
@@ -122,9 +121,8 @@ class ZetaRotary(Adapter):
             return "xpos_center: RotaryEmbedding.forward centres the scale at seq_len // 2"
         return None
 
-    def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         positions = np.asarray(positions)
-        self.require_supported(spec, dtype, device, positions)
         rope = load_rope()
         module = rope.RotaryEmbedding(
             dim=spec.head_dim,

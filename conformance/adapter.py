@@ -3,10 +3,15 @@
 An adapter maps a :class:`~ropeconf.reference.RopeSpec` onto a library's real
 API and runs it.  It never re-implements the math.  Two forms:
 
-* a plain function ``f(x, positions, spec) -> array`` (spec is the dict form),
-  optionally carrying ``f.ropeconf_capabilities = {...}`` (keys of
-  :class:`Capabilities`); wrapped by :class:`FunctionAdapter`;
-* a subclass of :class:`Adapter` that declares capabilities, devices and dtypes.
+* a plain function ``f(x, positions, spec) -> array`` (``spec`` is the full dict:
+  ``RopeSpec.to_full_dict()``, every key of its rope_type with defaults filled in;
+  a function that also takes ``role`` receives it), optionally carrying
+  ``f.ropeconf_capabilities = {...}`` (keys of :class:`Capabilities`, plus
+  ``angle_dtype`` / ``compute_dtype`` of :class:`Numerics`); wrapped by
+  :class:`FunctionAdapter`;
+* a subclass of :class:`Adapter` that declares ``capabilities`` and ``precision``
+  and implements ``call`` (the library call only: ``run`` checks the
+  declaration first, then calls it).
 
 Call convention (both forms):
 
@@ -15,6 +20,9 @@ Call convention (both forms):
 * ``positions``: int64, shape (batch, seq), or (batch, seq, n_streams) for axial
   and M-RoPE specs;
 * returns anything ``np.asarray`` accepts, shape of ``x``.
+
+An adapter raises :class:`Unsupported` to refuse a spec it cannot express
+(reported *unsupported*); any other exception is an *error*.
 """
 
 from __future__ import annotations
@@ -22,15 +30,20 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
+import inspect
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from ropeconf.reference import RopeSpec
+from ropeconf.reference.dtypes import DTYPES
 
-DTYPES = ("float64", "float32", "float16", "bfloat16")
 DEVICES = ("cpu", "cuda")
 POSITION_KINDS = ("range", "offset", "arbitrary")  # each kind includes the ones before it
+
+
+class Unsupported(ValueError):
+    """Raised by an adapter for a spec, dtype or input it cannot express: the case is *unsupported*."""
 
 
 def positions_kind(positions: np.ndarray) -> str:
@@ -62,8 +75,27 @@ class Capabilities:
     mrope: bool = False
     positions: str = "arbitrary"   # the most general kind of positions it accepts (POSITION_KINDS)
     max_position: int | None = None
-    angle_dtype: str | None = None    # dtype its angles are formed in, if not the tolerance default
-    compute_dtype: str | None = None  # dtype its cos/sin are rounded to, if not the tested dtype
+
+    def __post_init__(self) -> None:
+        from ropeconf.reference import FREQS_FOR, LAYOUTS, ROPE_TYPES
+
+        for name, allowed in (("rope_types", ROPE_TYPES), ("layouts", LAYOUTS), ("dtypes", DTYPES),
+                              ("devices", DEVICES), ("freqs_for", FREQS_FOR)):
+            vals = getattr(self, name)
+            if isinstance(vals, str) or not isinstance(vals, (tuple, list)):
+                raise TypeError(f"capability {name} must be a list of strings, got {vals!r}")
+            bad = [v for v in vals if v not in allowed]
+            if bad:
+                raise ValueError(f"capability {name}: {bad} not among {list(allowed)}")
+            object.__setattr__(self, name, tuple(vals))
+        if self.positions not in POSITION_KINDS:
+            raise ValueError(f"capability positions={self.positions!r} is not one of {list(POSITION_KINDS)}")
+        for name in ("partial", "xpos", "axial", "mrope"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"capability {name} must be true or false, got {getattr(self, name)!r}")
+        if self.max_position is not None and (isinstance(self.max_position, bool)
+                                              or not isinstance(self.max_position, int)):
+            raise TypeError(f"capability max_position must be an int, got {self.max_position!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "Capabilities":
@@ -95,19 +127,69 @@ class Capabilities:
             kind = positions_kind(positions)
             if POSITION_KINDS.index(kind) > POSITION_KINDS.index(self.positions):
                 return f"{kind} positions not supported (accepts {self.positions})"
-            if self.max_position is not None and np.max(positions) > self.max_position:
+            if self.max_position is not None and np.size(positions) and np.max(positions) > self.max_position:
                 return f"position {int(np.max(positions))} above max_position={self.max_position}"
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+    """The precision an implementation computes in, when it is not the conventional one.
+
+    ``angle_dtype``: dtype the angle p * omega is formed in (default: float32 for 16- and
+    32-bit dtypes, float64 for float64); ``compute_dtype``: dtype cos/sin are rounded to
+    before the rotation (default: the tested dtype).  The tolerance model
+    (docs/tolerance.md) is evaluated with these.
+    """
+
+    angle_dtype: str | None = None
+    compute_dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("angle_dtype", "compute_dtype"):
+            v = getattr(self, name)
+            if v is not None and v not in DTYPES:
+                raise ValueError(f"{name}={v!r} is not one of {list(DTYPES)}")
+
+    @classmethod
+    def split(cls, d: dict[str, Any] | None) -> tuple["Numerics", dict[str, Any]]:
+        """(Numerics from the precision keys of ``d``, the remaining keys)."""
+        d = dict(d or {})
+        keys = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: d.pop(k) for k in list(d) if k in keys}), d
+
+
+def cuda_unavailable() -> str | None:
+    """None when a CUDA device is usable from torch or CuPy, else why not."""
+    reasons = []
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return None
+        reasons.append("torch.cuda.is_available() is False")
+    except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
+        reasons.append(f"torch: {type(e).__name__}: {e}")
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return None
+        reasons.append("CuPy sees no CUDA device")
+    except Exception as e:  # noqa: BLE001
+        reasons.append(f"CuPy: {type(e).__name__}: {str(e)[:120]}")
+    return "no CUDA device: " + "; ".join(reasons)
+
+
 class Adapter:
-    """Base class for rich adapters.  Subclasses set the class attributes and ``run``."""
+    """Base class for rich adapters.  Subclasses set the class attributes and implement ``call``."""
 
     name: str = ""
     distribution: str = ""           # PyPI distribution whose version is reported
     requires: tuple[str, ...] = ()   # modules that must import for the adapter to be available
     env: dict[str, str] = {}         # environment for its worker process (e.g. KERAS_BACKEND)
     capabilities: Capabilities = Capabilities()
+    precision: Numerics = Numerics()
 
     def availability(self) -> str | None:
         """None when usable, else the reason (the import error text)."""
@@ -117,6 +199,17 @@ class Adapter:
             except Exception as e:  # a broken install must not take the run down
                 return f"import {mod} failed: {type(e).__name__}: {e}"
         return None
+
+    def device_unavailable(self, device: str) -> str | None:
+        """None when ``device`` exists on this machine for this adapter, else why not (resolved once)."""
+        cache = self.__dict__.setdefault("_device_cache", {})
+        if device not in cache:
+            cache[device] = None if device == "cpu" else self.probe_device(device)
+        return cache[device]
+
+    def probe_device(self, device: str) -> str | None:
+        """Override for a library that reaches the GPU through its own runtime (onnxruntime, JAX...)."""
+        return cuda_unavailable() if device == "cuda" else f"unknown device {device!r}"
 
     def version(self) -> str:
         if not self.distribution:
@@ -128,46 +221,62 @@ class Adapter:
 
     def why_unsupported(self, spec: RopeSpec, dtype: str, device: str,
                         positions: np.ndarray | None = None) -> str | None:
-        """Capability check; override to add library-specific limits."""
+        """Capability check; override to add library-specific limits (call super first)."""
         return self.capabilities.why_unsupported(spec, dtype, device, positions)
 
     def require_supported(self, spec: RopeSpec, dtype: str, device: str,
                           positions: np.ndarray | None = None) -> None:
-        """Raise ValueError naming the limit when a case is outside the declaration.
-
-        ``run`` calls it first, so that a direct call never silently computes
-        something other than the spec (the suite itself asks ``why_unsupported``).
-        """
+        """Raise :class:`Unsupported` naming the limit when a case is outside the declaration."""
         why = self.why_unsupported(spec, dtype, device, positions)
         if why:
-            raise ValueError(f"{self.name} adapter: {why}")
+            raise Unsupported(f"{self.name} adapter: {why}")
 
     def run(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec, *, dtype: str,
             device: str = "cpu", role: str = "query") -> Any:
-        raise NotImplementedError
+        """Check the case against the declaration and the machine, then make the library call (``call``)."""
+        self.require_supported(spec, dtype, device, positions)
+        missing = self.device_unavailable(device)
+        if missing:
+            raise Unsupported(f"{self.name} adapter: device={device} unavailable here: {missing}")
+        return self.call(x, positions, spec, dtype=dtype, device=device, role=role)
+
+    def call(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec, *, dtype: str,
+             device: str = "cpu", role: str = "query") -> Any:
+        """The library call for one case (already checked against the declaration)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither call() nor run()")
 
     def __repr__(self) -> str:
         return f"<adapter {self.name}>"
 
 
 class FunctionAdapter(Adapter):
-    """Wraps the smallest adapter: ``f(x, positions, spec_dict) -> array``."""
+    """Wraps the smallest adapter: ``f(x, positions, spec_dict[, role]) -> array``."""
 
     def __init__(self, fn: Callable, name: str | None = None):
         self.fn = fn
         self.name = name or getattr(fn, "__name__", "function")
         caps = getattr(fn, "ropeconf_capabilities", None)
-        self.capabilities = Capabilities.from_dict(caps) if caps is not None else \
-            Capabilities(dtypes=("float32",))
+        numerics, caps = Numerics.split(caps)
+        extra, _ = Numerics.split(getattr(fn, "ropeconf_precision", None))
+        self.precision = dataclasses.replace(numerics, **{k: v for k, v in dataclasses.asdict(extra).items() if v})
+        self.capabilities = Capabilities.from_dict(caps) if caps else Capabilities(dtypes=("float32",))
+        self.env = dict(getattr(fn, "ropeconf_env", {}) or {})
         mod = getattr(fn, "__module__", "") or ""
         self.distribution = getattr(fn, "ropeconf_distribution", mod.split(".")[0])
+        try:
+            params = inspect.signature(fn).parameters
+            self.takes_role = "role" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        except (TypeError, ValueError):
+            self.takes_role = False
 
     def version(self) -> str:
         v = super().version()
         return getattr(self.fn, "ropeconf_version", v)
 
-    def run(self, x, positions, spec, *, dtype, device="cpu", role="query"):
-        return self.fn(x, positions, spec.to_dict())
+    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+        if self.takes_role:
+            return self.fn(x, positions, spec.to_full_dict(), role=role)
+        return self.fn(x, positions, spec.to_full_dict())
 
 
 def load_adapter(target: str | Adapter | Callable) -> Adapter:
@@ -184,7 +293,7 @@ def load_adapter(target: str | Adapter | Callable) -> Adapter:
         if ep.name == target:
             return _wrap(ep.load(), target)
     if ":" in target:
-        return _wrap(_import_attr(target), None)
+        return _wrap(_import_attr(target), target)
     known = sorted(BUILTIN) + sorted(ep.name for ep in _entry_points())
     raise ValueError(f"unknown adapter {target!r}: give a built-in name ({', '.join(known)}), "
                      f"an entry point of group 'ropeconf.adapters', or 'module:attribute'")
@@ -217,6 +326,6 @@ def _wrap(obj: Any, name: str | None) -> Adapter:
         inst = FunctionAdapter(obj, name)
     else:
         raise ValueError(f"adapter {name or obj!r} is neither an Adapter nor a callable")
-    if name and not inst.name:
-        inst.name = name
+    if name:
+        inst.name = name  # reports, replay commands and the registry all use the name it was loaded by
     return inst

@@ -14,27 +14,16 @@ import sys
 import time
 from typing import Any
 
-EXIT_OK, EXIT_DIVERGES, EXIT_USAGE = 0, 1, 2
-SYMBOL = {"conforms": "ok", "diverges": "DIV", "known": "known", "fixed": "FIXED", "error": "ERR",
-          "unsupported": "-", "unavailable": "n/a"}
-SHORT = {"default": "def", "theta500k": "th5e5", "linear": "lin", "ntk": "ntk", "dynamic": "dyn", "yarn": "yarn",
-         "yarn-notrunc": "yarnT", "yarn-deepseek": "yarnD", "longrope": "lrope", "longrope-position": "lropP",
-         "llama3": "ll3", "pixel": "pix", "constant": "const", "custom": "cust", "xpos": "xpos",
-         "axial2d": "ax2d", "mrope": "mrope", "mrope-interleaved": "mropI"}
+from .config import RunConfig
+
+from .outcome import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Outcome, decide
+from .presentation import render_matrix
+
+EXIT_DIVERGES = EXIT_FAIL
 
 
 class UsageError(Exception):
     pass
-
-
-def _dtypes(text: str) -> tuple[str, ...]:
-    from .adapter import DTYPES
-
-    vals = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in vals if v not in DTYPES]
-    if bad or not vals:
-        raise UsageError(f"--dtype {text!r}: each must be one of {', '.join(DTYPES)}")
-    return vals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,24 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--adapter", nargs="+", metavar="NAME",
                    help="built-in name, entry point (group ropeconf.adapters) or module:attribute; "
                         "default: every built-in adapter")
-    r.add_argument("--device", default="cpu", help="cpu, cuda or cpu,cuda (default cpu)")
-    r.add_argument("--dtype", default="float32,bfloat16", help="comma list of float64,float32,float16,bfloat16 "
-                   "(default float32,bfloat16)")
-    r.add_argument("--profile", default="ci", choices=["ci", "dev", "thorough"],
-                   help="hypothesis examples per cell: ci 8, dev 40, thorough 400 (default ci)")
-    r.add_argument("--max-examples", type=int, help="override the profile's examples per cell")
-    r.add_argument("--seed", type=int, help="hypothesis seed (default: derandomized, reproducible)")
-    r.add_argument("--database", metavar="DIR", help="persist hypothesis examples (failing cases replay first)")
-    r.add_argument("--only", metavar="K=V,...", help="restrict cases, e.g. rope_type=default,layout=half "
-                   "(keys: any spec key, variant, dtype, device; '|' separates values)")
-    r.add_argument("--variants", help="comma list of variant records (default all; see `ropeconf variants`)")
-    r.add_argument("--no-golden", action="store_true", help="skip golden-data cases")
-    r.add_argument("--no-properties", action="store_true", help="skip hypothesis cases")
-    r.add_argument("--no-metamorphic", action="store_true", help="skip metamorphic checks")
-    r.add_argument("--golden-dir", metavar="DIR", help="golden corpus to use (default: the installed one)")
-    r.add_argument("--known", nargs="+", metavar="TOML", help="known-divergence files (default conformance/known/*.toml)")
+    RunConfig.add_arguments(r)
     r.add_argument("--jobs", type=int, default=2, help="adapters run in parallel worker processes (default 2)")
-    r.add_argument("--timeout", type=float, default=900.0, help="seconds before a worker is killed (default 900)")
     r.add_argument("--in-process", action="store_true", help="run adapters in this process (no isolation)")
     r.add_argument("--json", metavar="PATH", help="write the full results as JSON")
     r.add_argument("--report", metavar="PATH", help="write a self-contained HTML report")
@@ -137,12 +110,12 @@ def cmd_list() -> int:
 
     from ropeconf.adapters import BUILTIN
 
-    from .runner import _adapter_env
+    from .runner import adapter_env
 
     names = sorted(BUILTIN) + _entry_point_names()
     groups: dict[tuple, list[str]] = {}
     for name in names:
-        groups.setdefault(tuple(sorted(_adapter_env(name).items())), []).append(name)
+        groups.setdefault(tuple(sorted(adapter_env(name).items())), []).append(name)
     rows: dict[str, tuple[str, str | None]] = {}
     code = ("import json,sys\nfrom ropeconf.conformance.adapter import load_adapter\n"
             "for n in sys.argv[1:]:\n"
@@ -179,36 +152,22 @@ def cmd_variants() -> int:
     from ropeconf.reference.variants import VARIANTS
 
     for name, v in VARIANTS.items():
-        print(f"{name:20} {SHORT.get(name, name):6} {v.source}")
+        print(f"{name:20} {v.short:6} {v.source}")
     return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- run
 def cmd_run(args: argparse.Namespace) -> int:
     from ropeconf.adapters import BUILTIN
-    from ropeconf.reference.variants import VARIANTS
 
     from .adapter import load_adapter
-    from .runner import RunConfig, parse_only, run_adapter, run_isolated
+    from .runner import run_adapter, run_isolated
 
-    devices = tuple(d.strip() for d in args.device.split(",") if d.strip())
-    bad = [d for d in devices if d not in ("cpu", "cuda")]
-    if bad or not devices:
-        raise UsageError(f"--device {args.device!r}: must be cpu, cuda or cpu,cuda")
-    variants = None
-    if args.variants:
-        variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
-        unknown = [v for v in variants if v not in VARIANTS]
-        if unknown:
-            raise UsageError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
-    if args.max_examples is not None and args.max_examples < 1:
-        raise UsageError("--max-examples must be >= 1")
-    cfg = RunConfig(dtypes=_dtypes(args.dtype), devices=devices, profile=args.profile,
-                    max_examples=args.max_examples, seed=args.seed, database=args.database,
-                    golden_dir=args.golden_dir, golden=not args.no_golden, properties=not args.no_properties,
-                    metamorphic=not args.no_metamorphic, only=parse_only(args.only), variants=variants,
-                    known_files=tuple(args.known) if args.known else None)
-    if cfg.golden:
+    try:
+        cfg = RunConfig.from_namespace(args)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if "golden" not in cfg.skip:
         from ropeconf.golden_data import corpus
 
         problems = corpus.verify(cfg.golden_dir)
@@ -223,7 +182,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.in_process:
         reports = [run_adapter(n, cfg, prog) for n in names]
     else:
-        reports = run_isolated(names, cfg, jobs=args.jobs, timeout=args.timeout, progress=prog)
+        reports = run_isolated(names, cfg, jobs=args.jobs, progress=prog)
     prog.close()
     result = {"tool": "ropeconf", "version": _version(), "config": cfg.to_dict(), "seconds": time.time() - t0,
               "adapters": reports}
@@ -237,15 +196,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         write_html(result, args.report)
         print(f"HTML report: {args.report}")
-    return exit_code(result)
+    return decide(result).exit_code
 
 
 def exit_code(result: dict[str, Any]) -> int:
-    for rep in result["adapters"]:
-        for cell in rep["cells"]:
-            if cell["outcome"] in ("diverges", "error", "fixed"):
-                return EXIT_DIVERGES
-    return EXIT_OK
+    """The run's exit code (``outcome.decide``)."""
+    return decide(result).exit_code
 
 
 def _version() -> str:
@@ -286,73 +242,6 @@ class _Progress:
             sys.stderr.flush()
 
 
-def render_matrix(result: dict[str, Any]) -> str:
-    """The terminal matrix: one row per adapter x dtype x device, one column per variant."""
-    from ropeconf.reference.variants import VARIANTS
-
-    variants = [v for v in VARIANTS if any(c["variant"] == v for r in result["adapters"] for c in r["cells"])]
-    head = f"{'adapter':18} {'version':10} {'dtype':8} {'dev':4} " + " ".join(f"{SHORT.get(v, v)[:6]:>6}" for v in variants)
-    lines = [head, "-" * len(head)]
-    details = []
-    for rep in result["adapters"]:
-        rows: dict[tuple[str, str], dict[str, dict]] = {}
-        for c in rep["cells"]:
-            rows.setdefault((c["dtype"], c["device"]), {})[c["variant"]] = c
-        for (dt, dev), cells in rows.items():
-            vals = [SYMBOL.get(cells[v]["outcome"], "?") if v in cells else "" for v in variants]
-            lines.append(f"{rep['adapter'][:18]:18} {str(rep.get('version', '?'))[:10]:10} {dt:8} {dev:4} "
-                         + " ".join(f"{s:>6}" for s in vals))
-            for v in variants:
-                c = cells.get(v)
-                if c and c["outcome"] in ("diverges", "error", "fixed", "known"):
-                    details.append((rep["adapter"], v, dt, dev, c))
-    lines.append("")
-    lines.append("ok conforms | DIV diverges | known: known divergence (registry) | FIXED: registry entry no longer "
-                 "reproduces | ERR library raised | - unsupported | n/a unavailable")
-    lines.append("columns: " + ", ".join(f"{SHORT.get(v, v)}={v}" for v in variants))
-    unavailable = [(r["adapter"], r.get("unavailable") or r.get("crashed")) for r in result["adapters"]
-                   if r.get("unavailable") or r.get("crashed")]
-    if unavailable:
-        lines.append("")
-        lines.append("Unavailable adapters:")
-        lines += [f"  {a}: {why[:300]}" for a, why in unavailable]
-    failing = [d for d in details if d[4]["outcome"] != "known"]
-    if failing:
-        lines.append("")
-        lines.append("Divergences and errors (smallest failing case; replay with `ropeconf replay`):")
-        for a, v, dt, dev, c in failing:
-            lines.append(f"  {a} {v} {dt} {dev}: {c['outcome']}: {c.get('message', '')[:300]}")
-            m = c.get("minimal")
-            if m and m.get("spec") is not None and m.get("positions") is not None:
-                case = {"spec": m["spec"], "positions": m["positions"], "dtype": dt, "device": dev,
-                        "seed": m.get("seed"), "heads": (m.get("worst") or {}).get("heads", 1), "role": m.get("role")}
-                if m.get("source") == "golden":
-                    case = {"golden": m["case_id"], "dtype": dt, "device": dev}
-                lines.append(f"      ropeconf replay --adapter {a} --case '{json.dumps(case, separators=(',', ':'))}'")
-    known = [d for d in details if d[4]["outcome"] == "known"]
-    if known:
-        lines.append("")
-        lines.append("Known divergences (registry):")
-        seen = set()
-        for a, v, dt, dev, c in known:
-            kid = (c.get("minimal") or {}).get("known_id")
-            key = (a, kid, v)
-            if key in seen:
-                continue
-            seen.add(key)
-            how = (f"max {_fmt_ratio(c.get('max_ratio'))} x tolerance" if c.get("max_ratio") is not None
-                   else f"raises: {c.get('message', '')[:120]}")
-            lines.append(f"  {a} {v} {dt}: {kid} ({how})")
-    lines.append("")
-    lines.append(f"{sum(len(r['cells']) for r in result['adapters'])} cells, "
-                 f"{len(result['adapters'])} adapters, {result.get('seconds', 0):.1f} s")
-    return "\n".join(lines)
-
-
-def _fmt_ratio(r: float | None) -> str:
-    return "?" if r is None else f"{r:.3g}"
-
-
 # ----------------------------------------------------------------------------- replay
 def cmd_replay(args: argparse.Namespace) -> int:
     import numpy as np
@@ -362,9 +251,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .adapter import load_adapter
     from .judge import judge, make_input
 
-    from .runner import _adapter_env
+    from .runner import adapter_env
 
-    env = _adapter_env(args.adapter)
+    env = adapter_env(args.adapter)
     if any(os.environ.get(k) != v for k, v in env.items()):
         # the adapter needs its own process environment (e.g. KERAS_BACKEND): re-run there
         import subprocess
@@ -401,7 +290,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                   seed=case.get("seed"))
     print(json.dumps({k: r.to_dict()[k] for k in ("outcome", "max_ratio", "max_abs_error", "message", "worst")},
                      indent=1, default=str))
-    return EXIT_OK if r.outcome in ("conforms", "unsupported") else EXIT_DIVERGES
+    return EXIT_FAIL if Outcome.of(r.outcome).fails else EXIT_OK
 
 
 # ----------------------------------------------------------------------------- golden

@@ -69,13 +69,13 @@ def cmd_gpu_parity(args: argparse.Namespace) -> int:
     ok = par["cos_sin_ulp"] <= 2 and par["apply_ulp"] <= 2
     print(f"CuPy vs NumPy reference over {par['cases']} golden cases: cos/sin max {par['cos_sin_ulp']:.2f} ulp, "
           f"apply max {par['apply_ulp']:.2f} ulp of the pair norm -> {'OK' if ok else 'MISMATCH'} (bound 2 ulp)")
-    from .cli import render_matrix
-    from .runner import RunConfig, run_isolated
+    from .config import RunConfig
+    from .outcome import decide
+    from .presentation import render_matrix
+    from .runner import run_isolated
 
     names = list(args.adapter) if args.adapter else list(TORCH_ADAPTERS)
     cfg = RunConfig(dtypes=("float32", "bfloat16"), devices=("cpu", "cuda"), profile="ci")
     result = {"adapters": run_isolated(names, cfg, jobs=1), "seconds": time.time() - t0}
     print(render_matrix(result))
-    from .cli import exit_code
-
-    return 0 if ok and exit_code(result) == 0 else 1
+    return 0 if ok and decide(result).exit_code == 0 else 1

@@ -8,10 +8,8 @@ import io
 import json
 from typing import Any
 
-COLOURS = {"conforms": "#2e7d32", "diverges": "#c62828", "known": "#ef6c00", "fixed": "#6a1b9a",
-           "error": "#ad1457", "unsupported": "#9e9e9e", "unavailable": "#616161"}
-LABEL = {"conforms": "ok", "diverges": "DIV", "known": "known", "fixed": "FIXED", "error": "ERR",
-         "unsupported": "–", "unavailable": "n/a"}
+from .outcome import Outcome
+from .presentation import replay_case, replay_command
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#212121;max-width:1600px}
@@ -50,10 +48,10 @@ def render(result: dict[str, Any]) -> str:
            f"<div class='meta'>ropeconf {_e(result.get('version', '?'))} · {len(adapters)} adapters · "
            f"{_e(round(result.get('seconds', 0), 1))} s · config: {_e(json.dumps(result.get('config', {}).get('dtypes', '')))}"
            "</div>",
-           "<p class='summary'>" + "".join(f"<span><b style='color:{COLOURS.get(k, '#000')}'>{_e(k)}</b> {n}</span>"
+           "<p class='summary'>" + "".join(f"<span><b style='color:{Outcome.of(k).colour}'>{_e(k)}</b> {n}</span>"
                                          for k, n in sorted(counts.items())) + "</p>",
-           "<div class='legend'>" + "".join(f"<span style='background:{COLOURS[k]}'>{_e(LABEL[k])} {_e(k)}</span>"
-                                          for k in COLOURS) + "</div>",
+           "<div class='legend'>" + "".join(f"<span style='background:{o.colour}'>{_e(o.symbol)} {_e(o.legend)}</span>"
+                                          for o in Outcome) + "</div>",
            "<h2 id='matrix'>Matrix: library × variant × dtype × device</h2>", _matrix(adapters, variants)]
     out.append("<h2>Error vs position</h2><p class='meta'>Max |error| per token against the float64 reference, "
                "relative to the norm of its rotated pair, with the tolerance envelope (dashed). Float32 angle "
@@ -83,11 +81,12 @@ def _matrix(adapters: list[dict[str, Any]], variants: list[str]) -> str:
                 if not c:
                     tds.append("<td></td>")
                     continue
-                o = c["outcome"]
-                title = _e(c.get("message") or o)
+                o = Outcome.of(c["outcome"])
+                title = _e(c.get("message") or o.value)
                 ratio = c.get("max_ratio")
-                txt = LABEL.get(o, o) + (f"<br><small>{ratio:.2g}×</small>" if o in ("diverges", "known") and ratio else "")
-                tds.append(f"<td class='cell' style='background:{COLOURS.get(o, '#000')}' title='{title}'>"
+                shown = o is Outcome.DIVERGES or o is Outcome.KNOWN
+                txt = _e(o.symbol) + (f"<br><small>{ratio:.2g}×</small>" if shown and ratio else "")
+                tds.append(f"<td class='cell' style='background:{o.colour}' title='{title}'>"
                            f"<a href='#{_anchor(r['adapter'], v, dt, dev)}'>{txt}</a></td>")
             rows.append(f"<tr><td class='name'>{_e(r['adapter'])}</td><td>{_e(r.get('version', '?'))}</td>"
                         f"<td>{_e(dt)}</td><td>{_e(dev)}</td>" + "".join(tds) + "</tr>")
@@ -102,26 +101,22 @@ def _details(adapters: list[dict[str, Any]]) -> str:
             out.append(f"<div class='detail'><h3>{_e(r['adapter'])}: unavailable</h3><pre>"
                        f"{_e(r.get('unavailable') or r.get('crashed'))}</pre></div>")
         for c in r["cells"]:
-            o = c["outcome"]
+            o = Outcome.of(c["outcome"])
             aid = _anchor(r["adapter"], c["variant"], c["dtype"], c["device"])
-            head = (f"<div class='detail' id='{aid}'><h3><span style='color:{COLOURS.get(o)}'>{_e(o)}</span> "
+            head = (f"<div class='detail' id='{aid}'><h3><span style='color:{o.colour}'>{_e(o.value)}</span> "
                     f"{_e(r['adapter'])} · {_e(c['variant'])} · {_e(c['dtype'])} · {_e(c['device'])}</h3>")
             body = [f"<div class='meta'>cases: {_e(json.dumps(c.get('counts', {})))}; max error "
                     f"{_e(_fmt(c.get('max_ratio')))} × tolerance</div>"]
             if c.get("message"):
                 body.append(f"<p>{_e(c['message'])}</p>")
             m = c.get("minimal")
-            if m and o in ("diverges", "error", "fixed", "known"):
-                case = {"spec": m.get("spec"), "positions": m.get("positions"), "dtype": c["dtype"],
-                        "device": c["device"], "seed": m.get("seed"),
-                        "heads": (m.get("worst") or {}).get("heads", 1), "role": m.get("role")}
-                if m.get("source") == "golden":
-                    case = {"golden": m.get("case_id"), "dtype": c["dtype"], "device": c["device"]}
+            if m and (o.fails or o is Outcome.KNOWN):
+                case = replay_case(m, c["dtype"], c["device"])
                 body.append("<p>Smallest failing case" + (f" (known divergence <b>{_e(m.get('known_id'))}</b>)"
                                                          if m.get("known_id") else "") + ":</p>")
                 body.append(f"<pre>{_e(json.dumps({k: m.get(k) for k in ('spec', 'positions', 'seed', 'worst')}, indent=1))}</pre>")
-                body.append(f"<p>Replay:</p><pre>ropeconf replay --adapter {_e(r['adapter'])} --case "
-                            f"'{_e(json.dumps(case, separators=(',', ':')))}'</pre>")
+                if case is not None:
+                    body.append(f"<p>Replay:</p><pre>{_e(replay_command(r['adapter'], case))}</pre>")
             out.append(head + "".join(body) + "</div>")
     return "\n".join(out)
 

@@ -1,62 +1,37 @@
 """Judging one case: run the adapter, compare with the reference under the tolerance model.
 
-Outcomes (never conflated): ``conforms``, ``diverges``, ``known`` (matches a
-registry entry), ``fixed`` (a registry entry no longer reproduces),
-``unsupported``, ``unavailable``, ``error`` (the library raised).
+The outcome of one case (:class:`~ropeconf.conformance.outcome.Outcome`):
+conforms, diverges, unsupported (declared, or the adapter raised
+:class:`~ropeconf.conformance.adapter.Unsupported`) or error (anything else
+raised).  Classification against the registry (known / fixed) happens in the
+runner's cell, for every case source alike.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import traceback
 from typing import Any
 
 import numpy as np
 
 from ropeconf.reference import RopeSpec, angles, apply
+from ropeconf.reference.dtypes import MAX_FINITE, round_to
 
-from .adapter import Adapter
+from .adapter import Adapter, Unsupported
+from .outcome import Outcome
+from .results import CaseResult
 from .tolerance import Precision, angle_error_factor, angle_magnitude, bound, error_ratio, pair_norm
-
-OUTCOMES = ("conforms", "known", "unsupported", "unavailable", "fixed", "diverges", "error")
-FAILING = ("diverges", "fixed", "error")
-
-
-@dataclasses.dataclass
-class CaseResult:
-    adapter: str
-    variant: str
-    dtype: str
-    device: str
-    source: str                      # golden | property | metamorphic:<check>
-    case_id: str
-    outcome: str
-    max_ratio: float | None = None   # max |error| / tolerance
-    max_abs_error: float | None = None
-    message: str = ""
-    spec: dict[str, Any] | None = None
-    positions: list | None = None
-    seed: int | None = None
-    role: str = "query"
-    worst: dict[str, Any] | None = None      # position, pair, element of the worst error
-    profile: dict[str, Any] | None = None    # error vs position / frequency index (for plots)
-    known_id: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def make_input(spec: RopeSpec, batch: int, heads: int, seq: int, dtype: str, seed: int) -> np.ndarray:
     """Seeded normal input rounded to ``dtype`` (bfloat16 as ml_dtypes.bfloat16)."""
-    from ropeconf.golden_data.corpus import round_to
-
     x = np.random.default_rng([seed, 0x0C0F]).standard_normal((batch, heads, seq, spec.head_dim))
     return round_to(x, dtype)
 
 
 def precision_for(adapter: Adapter, dtype: str) -> Precision:
-    caps = adapter.capabilities
-    return Precision.conventional(dtype, getattr(caps, "angle_dtype", None), getattr(caps, "compute_dtype", None))
+    """The tolerance model's precisions for ``adapter`` at ``dtype`` (its declared Numerics, else conventional)."""
+    return Precision.conventional(dtype, adapter.precision.angle_dtype, adapter.precision.compute_dtype)
 
 
 def angle_terms(spec: RopeSpec, positions: np.ndarray, x_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +56,7 @@ def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.nda
     ratio = error_ratio(act, expected, tol)
     # A value beyond the dtype's range (xPos scales at long positions) cannot be represented:
     # overflowing to inf (or the largest finite value) of the right sign is the correct answer.
-    big = _max_finite(precision.dtype)
+    big = MAX_FINITE[precision.dtype]
     over = np.abs(expected) > big
     if over.any():
         right = (np.abs(act) >= big) & (np.sign(act) == np.sign(expected))
@@ -109,14 +84,6 @@ def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.nda
     rp = _per_pair(ratio, spec)
     profile["ratio_by_pair"] = _finite(rp)
     return float(ratio.max()), float(abs_err.max()) if abs_err.size else 0.0, worst, profile
-
-
-def _max_finite(dtype: str) -> float:
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return float(ml_dtypes.finfo(ml_dtypes.bfloat16).max)
-    return float(np.finfo(dtype).max)
 
 
 def _finite(a: np.ndarray) -> list[float]:
@@ -148,25 +115,28 @@ def judge(adapter: Adapter, spec: RopeSpec, x: np.ndarray, positions: np.ndarray
           device: str = "cpu", role: str = "query", variant: str = "", source: str = "property",
           case_id: str = "", seed: int | None = None, expected: np.ndarray | None = None) -> CaseResult:
     """Judge one case.  ``expected`` may be given (golden data); else the reference computes it."""
-    res = CaseResult(adapter.name, variant, dtype, device, source, case_id, "conforms",
+    res = CaseResult(adapter.name, variant, dtype, device, source, case_id, Outcome.CONFORMS,
                      spec=spec.to_dict(), positions=np.asarray(positions).tolist(), seed=seed, role=role)
     why = adapter.why_unsupported(spec, dtype, device, positions)
     if why:
-        res.outcome, res.message = "unsupported", why
+        res.outcome, res.message = Outcome.UNSUPPORTED, why
         return res
     if expected is None:
         expected = np.asarray(apply(spec, np.asarray(x).astype(np.float64), positions, role=role))
     try:
         actual = run_adapter_call(adapter, spec, x, positions, dtype, device, role)
         ratio, abs_err, worst, profile = compare(spec, actual, expected, positions, precision_for(adapter, dtype))
+    except Unsupported as e:  # the adapter refused the case: a declaration, not a failure
+        res.outcome, res.message = Outcome.UNSUPPORTED, str(e)
+        return res
     except Exception as e:  # the library raised: report its own text
-        res.outcome = "error"
+        res.outcome = Outcome.ERROR
         res.message = f"{type(e).__name__}: {e}"
         res.worst = {"traceback": traceback.format_exc(limit=-3)}
         return res
     res.max_ratio, res.max_abs_error, res.worst, res.profile = ratio, abs_err, worst, profile
     if not ratio <= 1.0:
-        res.outcome = "diverges"
+        res.outcome = Outcome.DIVERGES
         res.message = (f"max error {abs_err:.3g} = {ratio:.3g} x tolerance at position {worst['position']}, "
                        f"pair {worst['pair']}")
     return res

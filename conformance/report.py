@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-RANK = {"conforms": 0, "unsupported": 0, "unavailable": 0, "known": 1, "fixed": 2, "error": 3, "diverges": 3}
+from .outcome import Outcome
 
 
 def _cells(result: dict[str, Any]) -> dict[tuple[str, str, str, str], dict[str, Any]]:
@@ -26,7 +26,7 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, int]:
             line += f" (version {o.get('version')} -> {n.get('version')})"
         if n and n.get("message"):
             line += f": {n['message'][:200]}"
-        ro, rn = RANK.get(oo, 0), RANK.get(no, 0)
+        ro, rn = (Outcome.of(v).rank if v != "absent" else 0 for v in (oo, no))
         (regress if rn > ro else improve if rn < ro else other).append(line)
     out = []
     for title, rows in (("Regressions", regress), ("Improvements", improve), ("Other changes", other)):

@@ -73,11 +73,3 @@ def property_case(draw, variant: Variant, caps: Capabilities) -> dict[str, Any]:
     heads = draw(st.integers(1, 3), label="heads")
     seed = draw(st.integers(0, 2 ** 31 - 1), label="seed")
     return {"spec": spec, "positions": positions, "heads": heads, "seed": seed}
-
-
-PROFILES = {
-    # examples per (adapter, variant, dtype, device) cell
-    "ci": {"max_examples": 8},
-    "dev": {"max_examples": 40},
-    "thorough": {"max_examples": 400},
-}

@@ -41,10 +41,9 @@ import dataclasses
 
 import numpy as np
 
-UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
+from ropeconf.reference.dtypes import TINY, UNIT_ROUNDOFF
+
 C_PHI, C_CS, C_C, C_W = 8.0, 2.0, 2.0, 5.0
-# Smallest normal of each dtype: below it outputs are subnormal and relative bounds fail.
-TINY = {"float64": 2.0 ** -1022, "float32": 2.0 ** -126, "float16": 2.0 ** -14, "bfloat16": 2.0 ** -126}
 
 
 def default_angle_dtype(dtype: str) -> str:
@@ -66,60 +65,24 @@ class Precision:
 
 
 def angle_error_factor(spec) -> "np.ndarray":
-    """Per pair: kappa * (C_PHI + |ln omega0|), the multiplier of u_a |phi| (see the module doc)."""
+    """Per pair: kappa (C_PHI + |ln omega0|) + extra, the multiplier of u_a |phi| (see the module doc).
+
+    omega0 is the unscaled geometric frequency (its exponent 2i/r is rounded); kappa and
+    extra are the rope type's conditioning (``RopeType.conditioning``: Llama 3's
+    smoothing band, YaRN's ramp; 1 and 0 for a formula that does not amplify).
+    """
     from ropeconf.reference import RopeSpec, inv_freq
+    from ropeconf.reference.frequencies import ROPE_TYPES, SCALING_KEYS
 
     spec = spec if isinstance(spec, RopeSpec) else RopeSpec.from_dict(spec)
-    n = spec.n_pairs
-    kappa = np.ones(n)
-    ln0 = np.zeros(n)
-    if spec.freqs_for == "lang":
-        d = spec.to_dict()
-        for k in ("factor", "original_max_position_embeddings", "max_position_embeddings", "attention_factor",
-                  "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate", "short_factor",
-                  "long_factor", "low_freq_factor", "high_freq_factor", "longrope_switch"):
-            d.pop(k, None)
-        d["rope_type"] = "default"
-        w0, _ = inv_freq(d)
-        ln0 = np.abs(np.log(w0))
-        if spec.rope_type == "llama3":
-            w, _ = inv_freq(spec)
-            s, lo, hi = spec.factor, spec.low_freq_factor, spec.high_freq_factor
-            g = w / w0
-            if s != 1.0 and hi > lo:
-                sigma = (g - 1.0 / s) / (1.0 - 1.0 / s)
-                medium = (sigma > 0.0) & (sigma < 1.0)
-                a = (sigma * (hi - lo) + lo) / (hi - lo)
-                kappa = np.where(medium, 1.0 + (1.0 - 1.0 / s) * a / g, 1.0)
-    return kappa * (C_PHI + ln0) + _yarn_ramp_term(spec)
-
-
-def _yarn_ramp_term(spec) -> "np.ndarray":
-    """A_yarn per pair: float rounding of the YaRN ramp, amplified by the blend (0 for other types)."""
-    n = spec.n_pairs
-    if spec.rope_type != "yarn" or spec.factor <= 1.0:
-        return np.zeros(n)
-    import math
-
-    r, s, b, L0 = 2 * spec.n_freqs, spec.factor, spec.rope_theta, spec.original_max_position_embeddings
-
-    def corr(rot: float) -> float:
-        return r * math.log(L0 / (rot * 2 * math.pi)) / (2 * math.log(b))
-
-    low, high = corr(spec.beta_fast), corr(spec.beta_slow)
-    if spec.truncate:
-        low, high = math.floor(low), math.ceil(high)
-    low, high = max(low, 0.0), min(high, r - 1.0)
-    if high == low:
-        high += 0.001
-    i = np.arange(n) % spec.n_freqs
-    ramp = np.clip((i - low) / (high - low), 0.0, 1.0)
-    g = ramp / s + 1.0 - ramp
-    inside = (ramp > 0.0) & (ramp < 1.0)
-    err = 3.0 * ramp
-    if not spec.truncate:
-        err = err + (abs(low) + ramp * (abs(high) + abs(low))) / abs(high - low)
-    return np.where(inside, (1.0 - 1.0 / s) * err / g, 0.0)
+    if spec.freqs_for != "lang":
+        return np.full(spec.n_pairs, C_PHI)
+    unscaled = {k: v for k, v in spec.to_dict().items() if k not in SCALING_KEYS}
+    w0, _ = inv_freq({**unscaled, "rope_type": "default"})
+    rt = ROPE_TYPES[spec.rope_type]
+    w = inv_freq(spec, spec.original_max_position_embeddings if rt.length_dependent else None)[0]
+    kappa, extra = rt.conditioning(spec, w0, w)
+    return kappa * (C_PHI + np.abs(np.log(w0))) + extra
 
 
 def pair_norm(y: np.ndarray, rotary_dim: int, layout: str) -> np.ndarray:

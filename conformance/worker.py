@@ -7,9 +7,10 @@ import json
 import sys
 import time
 
-from ropeconf.reference.variants import VARIANTS
-
-from .runner import RunConfig, run_adapter
+from .config import RunConfig
+from .outcome import Outcome
+from .results import AdapterReport
+from .runner import cells_of, run_adapter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--progress")
     a = ap.parse_args(argv)
-    cfg_d = json.loads(a.config)
-    cfg = RunConfig(**{k: tuple(v) if isinstance(v, list) and k != "only" else v for k, v in cfg_d.items()})
+    cfg = RunConfig.from_dict(json.loads(a.config))
     last = [0.0]
 
     def progress(msg: str) -> None:
@@ -32,12 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_adapter(a.adapter, cfg, progress)
     except Exception as e:  # loading the adapter failed: report it, do not crash the run
-        report = {"adapter": a.adapter, "library": "?", "version": "?", "cases": [],
-                  "unavailable": f"{type(e).__name__}: {e}",
-                  "cells": [{"variant": v, "dtype": dt, "device": dev, "outcome": "unavailable", "counts": {},
-                             "message": f"{type(e).__name__}: {e}"}
-                            for v in (cfg.variants or VARIANTS)
-                            for dt in cfg.dtypes for dev in cfg.devices]}
+        report = AdapterReport.not_run(a.adapter, cells_of(cfg), Outcome.UNAVAILABLE,
+                                       f"{type(e).__name__}: {e}").to_dict()
     with open(a.out, "w") as f:
         json.dump(report, f)
     return 0

@@ -8,13 +8,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ropeconf.adapters import FAMILIES
 from ropeconf.conformance import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "findings.md"
-PAGES = {"hf.toml": "findings/hf.md", "rotary_torch.toml": "findings/rotary_torch.md",
-         "keras_hub.toml": "findings/keras_hub.md", "max.toml": "findings/max.md", "zeta.toml": "findings/zeta.md",
-         "onnx.toml": "findings/onnx.md", "torchtune.toml": "findings/torchtune.md"}
+# a family's registry file conformance/known/<family>.toml has its page at docs/findings/<family>.md
+PAGES = {f"{family}.toml": f"findings/{family}.md" for family in FAMILIES
+         if (ROOT / "docs" / "findings" / f"{family}.md").exists()}
 
 INTRO = """# Findings
 

@@ -298,15 +298,16 @@ def test_vllm_query_layout():
 
 # =========================================================================== declarations and reasons
 def test_registry_names_and_classes():
-    assert set(GPU_BUILTIN) == {a().name for a in ALL_CLASSES} == {load_adapter(p).name for p in GPU_BUILTIN.values()}
+    assert set(GPU_BUILTIN) == {a().name for a in ALL_CLASSES} == {load_adapter(n).name for n in GPU_BUILTIN}
     for name, path in GPU_BUILTIN.items():
-        a = load_adapter(path)
-        assert a.name == name and a.capabilities.devices == ("cuda",)
+        a = load_adapter(name)
+        assert a.name == name and load_adapter(path).name == path and a.capabilities.devices == ("cuda",)
         assert set(a.capabilities.dtypes) == {"float32", "float16", "bfloat16"}
 
 
 def test_capabilities_declared_honestly():
     caps = {c.name: c().capabilities for c in ALL_CLASSES}
+    prec = {c.name: c().precision for c in ALL_CLASSES}
     # apply-only libraries with caller tables: every rope_type through reference tables
     for n in ("flash-attn", "liger", "te"):
         assert set(caps[n].rope_types) == {"default", "linear", "ntk", "dynamic", "yarn", "longrope", "llama3"}
@@ -314,9 +315,9 @@ def test_capabilities_declared_honestly():
     assert caps["liger"].layouts == ("half",) and "interleaved" in caps["flash-attn"].layouts
     assert caps["liger"].mrope and caps["liger"].axial and not caps["flash-attn"].mrope and not caps["te"].mrope
     assert caps["flash-attn"].xpos and not caps["flash-attn-f32cache"].xpos and not caps["te"].xpos
-    assert caps["flash-attn"].angle_dtype == "float64" and caps["flash-attn-f32cache"].angle_dtype == "float32"
-    assert caps["te"].angle_dtype == "float32" and caps["te"].compute_dtype == "float32"
-    assert caps["vllm-native"].angle_dtype == "float32" and caps["vllm-native"].mrope
+    assert prec["flash-attn"].angle_dtype == "float64" and prec["flash-attn-f32cache"].angle_dtype == "float32"
+    assert prec["te"].angle_dtype == "float32" and prec["te"].compute_dtype == "float32"
+    assert prec["vllm-native"].angle_dtype == "float32" and caps["vllm-native"].mrope
     assert caps["vllm-cuda-deepseek-yarn"].rope_types == ("yarn",) and not caps["vllm-cuda-deepseek-yarn"].partial
 
 
@@ -380,12 +381,16 @@ def test_why_unsupported_spec_limits(cls, spec, positions, text):
 
 
 @pytest.mark.parametrize("cls", ALL_CLASSES, ids=lambda c: c.__name__)
-def test_no_gpu_means_unsupported_cuda_and_cpu(cls, monkeypatch):
+def test_no_gpu_means_cuda_unavailable_and_cpu_unsupported(cls, monkeypatch):
     monkeypatch.setattr(gk, "cuda_available", lambda: False)
     a = cls()
     spec = SPECS["yarn"] if cls in (gk.VllmDeepseekYarnNative, gk.VllmDeepseekYarnCuda) else SPECS["default"]
+    import ropeconf.conformance.adapter as adapter_mod
+
+    monkeypatch.setattr(adapter_mod, "cuda_unavailable", lambda: "no CUDA device: torch.cuda.is_available() is False")
     assert "device=cpu not supported" in a.why_unsupported(spec, "float32", "cpu", _range())
-    assert "torch.cuda.is_available() is False" in a.why_unsupported(spec, "float32", "cuda", _range())
+    assert a.why_unsupported(spec, "float32", "cuda", _range()) is None  # declared; the machine lacks it
+    assert "torch.cuda.is_available() is False" in a.device_unavailable("cuda")
     assert "dtype=float64 not supported" in a.why_unsupported(spec, "float64", "cuda", _range())
     x = make_input(spec, 2, 1, 16, "float32", 0)
     with pytest.raises(ValueError, match="torch.cuda.is_available"):  # refuses before touching a GPU library
@@ -683,7 +688,7 @@ def test_vllm_cuda_probe_reports_a_fallback_as_unsupported(monkeypatch, kernel):
     _fake_vllm(monkeypatch, cuda_kernel=kernel)
     monkeypatch.setattr(gk, "cuda_available", lambda: True)
     a = gk.VllmRotaryCuda()
-    a.probe_device = "cpu"
+    a.probe_on = "cpu"
     monkeypatch.setattr(type(a), "availability", lambda self: None)
     monkeypatch.setattr(gk._VllmBase, "_probe_cache", {})
     why = a.why_unsupported(SPECS["partial"], "bfloat16", "cuda", ARBITRARY)

@@ -1,4 +1,4 @@
-"""ONNX-family adapters (adapters/onnx_ops.py) against the float64 reference.
+"""ONNX-family adapters (adapters/onnx.py) against the float64 reference.
 
 Error measure: for every rotated pair, |y_pair - ref_pair| / |ref_pair| (the
 reference applied to the same, already rounded, input).  Bounds, with u the
@@ -26,8 +26,9 @@ import pytest
 
 from ropeconf.conformance.adapter import load_adapter
 from ropeconf.reference import RopeSpec, apply
+from ropeconf.reference.dtypes import numpy_dtype
 
-onnx_ops = pytest.importorskip("ropeconf.adapters.onnx_ops")
+onnx_mod = pytest.importorskip("ropeconf.adapters.onnx")
 
 U = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 
@@ -38,9 +39,9 @@ NEEDS = {
     "ort": ("onnx", "onnxruntime"),
     "ort-f32cache": ("onnx", "onnxruntime"),
     "ort-contrib": ("onnx", "onnxruntime"),
-    "ropeconf.adapters.onnx_ops:OrtContribRotaryF32Cache": ("onnx", "onnxruntime"),
+    "ropeconf.adapters.onnx:OrtContribRotaryF32Cache": ("onnx", "onnxruntime"),
     "torch-onnx": ("torch",),
-    "ropeconf.adapters.onnx_ops:TorchOnnxRotaryF32Cache": ("torch",),
+    "ropeconf.adapters.onnx:TorchOnnxRotaryF32Cache": ("torch",),
 }
 REASON = {
     "onnx": "onnx not installed (pip install 'rope-conformance[onnx]')",
@@ -48,15 +49,15 @@ REASON = {
     "torch": "torch not installed (pip install torch==2.13.0)",
 }
 REF = ["onnx-ref", "ort", "ort-contrib", "torch-onnx"]
-F32 = ["onnx-ref-f32cache", "ort-f32cache", "ropeconf.adapters.onnx_ops:OrtContribRotaryF32Cache",
-       "ropeconf.adapters.onnx_ops:TorchOnnxRotaryF32Cache"]
+F32 = ["onnx-ref-f32cache", "ort-f32cache", "ropeconf.adapters.onnx:OrtContribRotaryF32Cache",
+       "ropeconf.adapters.onnx:TorchOnnxRotaryF32Cache"]
 
 
 def get(name: str):
     for mod in NEEDS[name]:
         if mod == "onnxruntime":
             try:  # import it with its cache redirected, before importorskip sees it
-                onnx_ops._import_ort()
+                onnx_mod._import_ort()
             except ImportError:
                 pass
         pytest.importorskip(mod, reason=REASON[mod])
@@ -64,7 +65,7 @@ def get(name: str):
 
 
 def _bf16_safe(x, dtype):
-    return x.astype(onnx_ops._np_dtype(dtype))
+    return x.astype(numpy_dtype(dtype))
 
 
 def pair_error(spec: RopeSpec, y, ref) -> float:
@@ -207,14 +208,14 @@ def test_declared_dtypes_and_features():
         assert a.why_unsupported(spec, "float32", "cpu") is None
         assert a.why_unsupported(RopeSpec(head_dim=16, rotary_dim=4), "float32", "cpu") is None
         f64 = a.why_unsupported(spec, "float64", "cpu")
-        assert (f64 is None) == a.name.startswith("torch-onnx"), (a.name, f64)
-        if a.name.startswith("ort"):
+        assert (f64 is None) == type(a).name.startswith("torch-onnx"), (a.name, f64)
+        if type(a).name.startswith("ort"):
             assert a.why_unsupported(spec, "bfloat16", "cpu") is not None
             assert a.why_unsupported(spec, "float16", "cpu") is None
         else:
             assert a.why_unsupported(spec, "bfloat16", "cpu") is None
         assert (a.why_unsupported(xpos, "float32", "cpu") is None) == (a.cache == "ref"), a.name
-        multi = a.name.startswith("ort-contrib")
+        multi = type(a).name.startswith("ort-contrib")
         assert (a.why_unsupported(axial, "float32", "cpu") is None) != multi, a.name
         assert (a.why_unsupported(mrope, "float32", "cpu") is None) != multi, a.name
         with pytest.raises(ValueError, match="not supported"):
@@ -227,7 +228,7 @@ def test_declared_dtypes_and_features():
 
 def test_ort_cuda_declared_only_with_provider():
     a = get("ort")
-    ort = onnx_ops._import_ort()
+    ort = onnx_mod._import_ort()
     why = a.why_unsupported(RopeSpec(head_dim=16), "float32", "cuda")
     assert (why is None) == ("CUDAExecutionProvider" in ort.get_available_providers())
 
@@ -236,6 +237,6 @@ def test_onnxruntime_import_does_not_write_home(tmp_path):
     get("ort")
     env = dict(os.environ, HOME=str(tmp_path))
     env.pop("XDG_CACHE_HOME", None)
-    subprocess.run([sys.executable, "-c", "from ropeconf.adapters.onnx_ops import _import_ort; _import_ort()"],
+    subprocess.run([sys.executable, "-c", "from ropeconf.adapters.onnx import _import_ort; _import_ort()"],
                    env=env, check=True, timeout=60)
     assert not any(tmp_path.rglob("*")), sorted(str(p) for p in tmp_path.rglob("*"))

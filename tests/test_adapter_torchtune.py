@@ -21,7 +21,7 @@ from ropeconf.adapters.torchtune import MAX_POSITION, TorchtuneLlama3, Torchtune
 from ropeconf.conformance import registry  # noqa: E402
 from ropeconf.conformance.adapter import load_adapter  # noqa: E402
 from ropeconf.conformance.judge import judge, judge_case, make_input  # noqa: E402
-from ropeconf.conformance.runner import _fields  # noqa: E402
+from ropeconf.conformance.sources import spec_fields  # noqa: E402
 from ropeconf.conformance.tolerance import pair_norm  # noqa: E402
 from ropeconf.reference import RopeSpec, apply, inv_freq  # noqa: E402
 
@@ -83,7 +83,7 @@ def test_registered_and_available(tt, tt3):
         c = a.capabilities
         assert c.layouts == ("interleaved",) and not c.partial and not c.xpos and not c.axial and not c.mrope
         assert c.freqs_for == ("lang",) and c.positions == "arbitrary" and c.max_position == MAX_POSITION
-        assert set(c.dtypes) == {"float32", "float16", "bfloat16"} and c.angle_dtype == "float32"
+        assert set(c.dtypes) == {"float32", "float16", "bfloat16"} and a.precision.angle_dtype == "float32"
     assert tt.capabilities.rope_types == ("default",) and tt3.capabilities.rope_types == ("llama3",)
 
 
@@ -224,7 +224,7 @@ def test_float64_is_computed_in_float32(tt):
     spec = RopeSpec(head_dim=64, layout="interleaved")
     pos = _short(1, 8)
     x64 = make_input(spec, 1, 2, 8, "float64", 3)
-    y64 = np.asarray(tt.run(x64, pos, spec, dtype="float64"))
+    y64 = np.asarray(tt.call(x64, pos, spec, dtype="float64"))  # call(): past the declaration, on purpose
     y32 = np.asarray(tt.run(x64.astype(np.float32), pos, spec, dtype="float32"))
     assert np.array_equal(y64, y32)
     ref = np.asarray(apply(spec, x64, pos))
@@ -232,7 +232,7 @@ def test_float64_is_computed_in_float32(tt):
 
 
 def _known(spec, dtype):
-    return registry.find(registry.load(), "torchtune-llama3", "0.6.1", _fields(spec.to_dict(), "llama3", dtype, "cpu"))
+    return registry.find(registry.load(), "torchtune-llama3", "0.6.1", spec_fields(spec.to_dict(), "llama3", dtype, "cpu"))
 
 
 def test_finding_llama3_conditioning(tt3):

@@ -46,7 +46,7 @@ def test_run_diverging_adapter_exits_1_with_replayable_minimal_case(tmp_path, to
 
 
 def test_minimal_property_case_is_shrunk(toy_env):
-    cfg = RunConfig(dtypes=("bfloat16",), variants=("default",), golden=False, metamorphic=False, max_examples=30)
+    cfg = RunConfig(dtypes=("bfloat16",), variants=("default",), skip=("golden", "metamorphic"), max_examples=30)
     from toy_rope import buggy_adapter
 
     rep = run_adapter(FunctionAdapter(buggy_adapter, "buggy"), cfg)
@@ -70,17 +70,18 @@ def test_only_restricts_cases():
         {"rope_type": ["default"], "layout": ["half", "interleaved"]}
     from toy_rope import rope_adapter
 
-    cfg = RunConfig(dtypes=("float32",), variants=("default",), properties=False, metamorphic=False,
+    cfg = RunConfig(dtypes=("float32",), variants=("default",), skip=("properties", "metamorphic"),
                     only={"head_dim": ["96"]})
     rep = run_adapter(FunctionAdapter(rope_adapter, "toy"), cfg)
     assert rep["cases"] and all(c["spec"]["head_dim"] == 96 for c in rep["cases"])
 
 
 def test_isolation_crash_hang_and_missing_library_do_not_stop_the_run(toy_env):
-    cfg = RunConfig(dtypes=("float32",), variants=("default",), golden=False, metamorphic=False, max_examples=2)
+    cfg = RunConfig(dtypes=("float32",), variants=("default",), skip=("golden", "metamorphic"), max_examples=2,
+                    timeout=20)
     names = ["toy_rope.faulty:crashing_adapter", "toy_rope.faulty:hanging_adapter",
              "toy_rope.faulty:raising_adapter", "toy_rope.faulty:MissingLibraryAdapter", "toy_rope:rope_adapter"]
-    reps = run_isolated(names, cfg, jobs=2, timeout=20)
+    reps = run_isolated(names, cfg, jobs=2)
     out = {r["adapter"]: r["cells"][0] for r in reps}
     assert out[names[0]]["outcome"] == "error" and "exited with 139" in out[names[0]]["message"]
     assert out[names[1]]["outcome"] == "error" and "timed out" in out[names[1]]["message"]
@@ -135,7 +136,8 @@ def test_shipped_registry_loads():
 def test_load_adapter_forms():
     from toy_rope import rope_adapter
 
-    assert load_adapter("toy_rope:rope_adapter").name == "rope_adapter"
+    # the name an adapter was loaded by is its name in reports, replay commands and the registry
+    assert load_adapter("toy_rope:rope_adapter").name == "toy_rope:rope_adapter"
     assert load_adapter(rope_adapter).capabilities.layouts == ("half",)
     with pytest.raises(ValueError, match="no attribute"):
         load_adapter("toy_rope:nope")
@@ -203,7 +205,7 @@ def _planted(fn):
     (lambda x, p, s, f: f(x, p + p * p // 4096, s), "relative_invariance"),
 ], ids=["norm", "offset", "relative"])
 def test_metamorphic_checks_catch_planted_bugs(bug, check):
-    cfg = RunConfig(dtypes=("float32",), variants=("default",), golden=False, properties=False)
+    cfg = RunConfig(dtypes=("float32",), variants=("default",), skip=("golden", "properties"))
     rep = run_adapter(_planted(bug), cfg)
     outcomes = {c["source"]: c["outcome"] for c in rep["cases"]}
     assert outcomes[f"metamorphic:{check}"] == "diverges", outcomes

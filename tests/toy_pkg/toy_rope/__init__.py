@@ -26,7 +26,7 @@ def toy_rotary(x, positions, theta=10000.0, rotary_dim=None, pos_dtype=np.float3
 
 def rope_adapter(x, positions, spec):
     """rope-conformance adapter: map the spec dict onto the library's arguments."""
-    return toy_rotary(x, positions, theta=spec.get("rope_theta", 10000.0), rotary_dim=spec["rotary_dim"])
+    return toy_rotary(x, positions, theta=spec["rope_theta"], rotary_dim=spec["rotary_dim"])
 
 
 # What the toy supports; anything else is reported "unsupported", not "passed".
@@ -44,7 +44,7 @@ def buggy_adapter(x, positions, spec):
     """The same toy with positions formed in bfloat16: a planted bug the suite must catch."""
     import ml_dtypes
 
-    return toy_rotary(x, positions, theta=spec.get("rope_theta", 10000.0), rotary_dim=spec["rotary_dim"],
+    return toy_rotary(x, positions, theta=spec["rope_theta"], rotary_dim=spec["rotary_dim"],
                       pos_dtype=ml_dtypes.bfloat16)
 
 

@@ -1,0 +1,75 @@
+"""Outcomes: every fact about a verdict in one place, and the one function that decides a run.
+
+A case, a cell (adapter x variant x dtype x device) and an adapter each end in
+one :class:`Outcome`.  Its members carry how severe it is (a cell shows its most
+severe case), whether it fails a run, and how the terminal, the HTML report and
+the pytest plugin show it.  :func:`decide` is the only place where a run's
+result becomes an exit code; the CLI, the pytest plugin and the report read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Iterable
+
+
+class Outcome(str, enum.Enum):
+    """value, severity (higher shows first), fails the run, symbol, colour, pytest action, regression rank, legend"""
+
+    def __new__(cls, value: str, severity: int, fails: bool, symbol: str, colour: str, pytest: str, rank: int,
+                legend: str):
+        obj = str.__new__(cls, value)
+        obj._value_ = value
+        obj.severity, obj.fails, obj.symbol, obj.colour = severity, fails, symbol, colour
+        obj.pytest, obj.rank, obj.legend = pytest, rank, legend
+        return obj
+
+    DIVERGES = ("diverges", 70, True, "DIV", "#c62828", "fail", 3, "diverges beyond the tolerance")
+    ERROR = ("error", 60, True, "ERR", "#ad1457", "fail", 3, "the library or the adapter failed")
+    FIXED = ("fixed", 50, True, "FIXED", "#6a1b9a", "fail", 2, "a registry entry no longer reproduces")
+    KNOWN = ("known", 40, False, "known", "#ef6c00", "xfail", 1, "known divergence (registry)")
+    CONFORMS = ("conforms", 30, False, "ok", "#2e7d32", "pass", 0, "conforms")
+    UNSUPPORTED = ("unsupported", 20, False, "-", "#9e9e9e", "skip", 0, "unsupported (declared)")
+    UNAVAILABLE = ("unavailable", 10, False, "n/a", "#616161", "skip", 0, "unavailable here")
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def of(cls, value: "str | Outcome") -> "Outcome":
+        """The member for a value read back from JSON; an unknown value is an error naming the known ones."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown outcome {value!r}; known: {', '.join(o.value for o in cls)}") from None
+
+    @classmethod
+    def worst(cls, outcomes: Iterable["str | Outcome"], empty: "Outcome | None" = None) -> "Outcome":
+        """The most severe of ``outcomes`` (``empty``, default UNSUPPORTED, when there are none)."""
+        found = [cls.of(o) for o in outcomes]
+        return max(found, key=lambda o: o.severity) if found else (empty or cls.UNSUPPORTED)
+
+
+FAILING = tuple(o for o in Outcome if o.fails)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+@dataclasses.dataclass
+class Decision:
+    """What a run means for CI: the exit code and the reasons (one line each)."""
+
+    exit_code: int
+    reasons: list[str]
+
+
+def decide(result: dict[str, Any]) -> Decision:
+    """The exit code of a run's JSON result: 1 when any cell's outcome fails the run, else 0."""
+    reasons = []
+    for rep in result.get("adapters", []):
+        for cell in rep.get("cells", []):
+            o = Outcome.of(cell["outcome"])
+            if o.fails:
+                reasons.append(f"{rep['adapter']} {cell['variant']} {cell['dtype']} {cell['device']}: {o.value}")
+    return Decision(EXIT_FAIL if reasons else EXIT_OK, reasons)

@@ -1,0 +1,269 @@
+"""Case sources: where the cases of a cell come from.
+
+A case source is a record with a ``name``, the ``group`` its ``--no-<group>``
+switch turns off, and ``cases(cell) -> list[CaseResult]``.  ``cell`` (a
+:class:`Cell`) carries the adapter, variant, dtype, device and run config, and
+the one judging entry point every source uses (``cell.judge`` for a case with
+a reference output, ``cell.check`` for a check that computes its own ratio), so
+that classification against the known-divergence registry happens in one
+place for all sources.  Adding a source: one function and one entry in
+``SOURCES``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+from ropeconf.reference import RopeSpec, apply
+from ropeconf.reference.variants import Variant
+
+from .adapter import Adapter, Unsupported
+from .config import RunConfig
+from .judge import angle_terms, judge, make_input, precision_for, run_adapter_call
+from .outcome import Outcome
+from .results import CaseResult
+from .tolerance import bound, pair_norm
+
+
+# ----------------------------------------------------------------------------- the cell
+class Cell:
+    """One (adapter, variant, dtype, device) cell while it runs: what sources see."""
+
+    def __init__(self, adapter: Adapter, variant: Variant, dtype: str, device: str, config: RunConfig,
+                 classify: Callable[[CaseResult], CaseResult], golden: list | None = None):
+        self.adapter, self.variant, self.dtype, self.device, self.config = adapter, variant, dtype, device, config
+        self.classify = classify
+        self.golden = golden or []          # [(manifest entry, arrays)] of this variant
+        self.precision = precision_for(adapter, dtype)
+
+    def allows(self, spec: RopeSpec | dict) -> bool:
+        """Whether ``--only`` admits a case of ``spec`` in this cell."""
+        return only_admits(self.config.only, spec, self.variant.name, self.dtype, self.device)
+
+    def judge(self, spec: RopeSpec, x: np.ndarray, positions: np.ndarray, *, source: str, case_id: str,
+              seed: int | None = None, role: str = "query", expected: np.ndarray | None = None) -> CaseResult:
+        """Run and judge one case against the reference (or ``expected``), classified against the registry."""
+        return self.classify(judge(self.adapter, spec, x, positions, dtype=self.dtype, device=self.device,
+                                   role=role, variant=self.variant.name, source=source, case_id=case_id,
+                                   seed=seed, expected=expected))
+
+    def check(self, source: str, spec: RopeSpec, fn: Callable[[], tuple[float, str]]) -> CaseResult:
+        """A check that computes its own max ratio (``fn() -> (ratio, what failed)``), classified."""
+        r = CaseResult(self.adapter.name, self.variant.name, self.dtype, self.device, source,
+                       f"{source}:{self.variant.name}", Outcome.CONFORMS, spec=spec.to_dict())
+        try:
+            ratio, detail = fn()
+            r.max_ratio = ratio
+            if not ratio <= 1.0:
+                r.outcome, r.message = Outcome.DIVERGES, f"{source}: {detail} ({ratio:.3g} x tolerance)"
+        except Unsupported as e:
+            r.outcome, r.message = Outcome.UNSUPPORTED, str(e)
+        except Exception as e:
+            r.outcome, r.message = Outcome.ERROR, f"{type(e).__name__}: {e}"
+        return self.classify(r)
+
+    # helpers for checks on the adapter's own outputs
+    def call(self, spec: RopeSpec, x: np.ndarray, pos: np.ndarray, role: str = "query") -> np.ndarray:
+        return np.asarray(run_adapter_call(self.adapter, spec, x, pos, self.dtype, self.device, role),
+                          dtype=np.float64)
+
+    def tolerance(self, spec: RopeSpec, x: np.ndarray, pos: np.ndarray, role: str = "query") -> np.ndarray:
+        y = np.asarray(apply(spec, x.astype(np.float64), pos, role=role))
+        phi, fac = angle_terms(spec, pos, y.shape)
+        return bound(y, phi, spec.rotary_dim, spec.layout, self.precision, fac)
+
+
+def spec_fields(spec: RopeSpec | dict, variant: str, dtype: str, device: str) -> dict[str, Any]:
+    """Every spec key of a case plus variant, dtype and device: what ``--only`` and the registry match on."""
+    spec = spec if isinstance(spec, RopeSpec) else RopeSpec.from_dict(spec)
+    f = dataclasses.asdict(spec)
+    f.update(variant=variant, dtype=dtype, device=device)
+    return f
+
+
+def only_admits(only: dict[str, list[str]], spec: RopeSpec | dict, variant: str, dtype: str, device: str) -> bool:
+    if not only:
+        return True
+    fields = spec_fields(spec, variant, dtype, device)
+    return all(str(fields.get(key)) in vals for key, vals in only.items())
+
+
+# ----------------------------------------------------------------------------- sources
+@dataclasses.dataclass(frozen=True)
+class CaseSource:
+    name: str
+    group: str                              # --no-<group> turns it off
+    cases: Callable[[Cell], list[CaseResult]]
+    doc: str = ""
+
+
+def golden_cases(cell: Cell) -> list[CaseResult]:
+    """Every golden case of the cell's variant, against its stored expected output."""
+    from ropeconf.golden_data.corpus import input_array
+
+    out = []
+    for case, arrays in cell.golden:
+        if not cell.allows(case["spec"]):
+            continue
+        spec = RopeSpec.from_dict(case["spec"])
+        out.append(cell.judge(spec, input_array(arrays, cell.dtype), arrays["positions"], source="golden",
+                              case_id=case["id"], expected=arrays[f"expected_{cell.dtype}"]))
+    return out
+
+
+def property_cases(cell: Cell) -> list[CaseResult]:
+    """Hypothesis cases drawn within the adapter's declaration; a failure is shrunk to the smallest case."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hseed
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from .strategies import property_case
+
+    cfg, variant = cell.config, cell.variant
+    results: list[CaseResult] = []
+    failures: list[CaseResult] = []
+
+    def body(case: dict[str, Any]) -> None:
+        spec = case["spec"]
+        if not cell.allows(spec):
+            return
+        pos = case["positions"]
+        x = make_input(spec, pos.shape[0], case["heads"], pos.shape[1], cell.dtype, case["seed"])
+        r = cell.judge(spec, x, pos, source="property", seed=case["seed"],
+                       case_id=f"property:{variant.name}:{cell.dtype}:{cell.device}")
+        r.worst = {**(r.worst or {}), "heads": case["heads"]}
+        results.append(r)
+        if Outcome.of(r.outcome).fails:
+            failures.append(r)
+            raise AssertionError(r.message)
+
+    test = given(property_case(variant, cell.adapter.capabilities))(body)
+    test.hypothesis.inner_test._hypothesis_internal_add_digest = \
+        f"{cell.adapter.name}|{variant.name}|{cell.dtype}|{cell.device}".encode()
+    db = DirectoryBasedExampleDatabase(cfg.database) if cfg.database else None
+    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]  # no slow "explain" phase
+    test = settings(max_examples=cfg.examples, deadline=None, database=db, derandomize=cfg.seed is None,
+                    phases=phases, suppress_health_check=list(HealthCheck), print_blob=False,
+                    report_multiple_bugs=False)(test)
+    if cfg.seed is not None:
+        test = hseed(cfg.seed)(test)
+    try:
+        test()
+    except Exception:
+        pass  # the failing examples are in `failures`; the last one is the shrunk minimum
+    if failures:
+        minimal = failures[-1]
+        minimal.case_id += ":minimal"
+        return [r for r in results if not Outcome.of(r.outcome).fails] + [minimal]
+    return results
+
+
+# --- metamorphic checks: properties of the adapter's own outputs; the reference only scales the tolerance
+@dataclasses.dataclass
+class _Setup:
+    spec: RopeSpec
+    x: np.ndarray
+    pos: np.ndarray
+    layouts: list[str]
+
+
+def _metamorphic_setup(cell: Cell) -> _Setup | None:
+    caps = cell.adapter.capabilities
+    layouts = [lay for lay in ("half", "interleaved") if lay in caps.layouts]
+    if not layouts or cell.variant.streams > 1 or caps.positions == "range":
+        return None  # the checks shift positions and need 1-D positions
+    spec = cell.variant.spec(head_dim=64, rotary_dim=64, layout=layouts[0])
+    if not cell.allows(spec) or cell.adapter.why_unsupported(spec, cell.dtype, cell.device):
+        return None
+    seq, start = 8, 1000
+    x = make_input(spec, 1, 2, seq, cell.dtype, 11)
+    return _Setup(spec, x, (start + np.arange(seq, dtype=np.int64))[None], layouts)
+
+
+def metamorphic(name: str, applies: Callable[[Variant, _Setup], bool], doc: str):
+    """Register ``fn(cell, setup) -> (ratio, what failed)`` as the source ``metamorphic:<name>``."""
+    def deco(fn: Callable[[Cell, _Setup], tuple[float, str]]) -> CaseSource:
+        def cases(cell: Cell) -> list[CaseResult]:
+            st = _metamorphic_setup(cell)
+            if st is None or not applies(cell.variant, st):
+                return []
+            return [cell.check(f"metamorphic:{name}", st.spec, lambda: fn(cell, st))]
+        return CaseSource(f"metamorphic:{name}", "metamorphic", cases, doc)
+    return deco
+
+
+@metamorphic("offset_composition", lambda v, st: v.relative and not st.spec.xpos,
+             "two chunks decoded separately equal the whole sequence (xPos centres on the sequence: skipped)")
+def offset_composition(cell: Cell, st: _Setup) -> tuple[float, str]:
+    spec, x, pos = st.spec, st.x, st.pos
+    whole = cell.call(spec, x, pos)
+    h = pos.shape[1] // 2
+    parts = np.concatenate([cell.call(spec, np.ascontiguousarray(x[:, :, :h]), pos[:, :h]),
+                            cell.call(spec, np.ascontiguousarray(x[:, :, h:]), pos[:, h:])], axis=2)
+    t = 2 * cell.tolerance(spec, x, pos)
+    return float(np.max(np.abs(whole - parts) / t)), "chunked decoding differs from the whole sequence"
+
+
+@metamorphic("relative_invariance", lambda v, st: v.relative,
+             "q.k is unchanged when both positions shift by the same amount")
+def relative_invariance(cell: Cell, st: _Setup) -> tuple[float, str]:
+    spec, x, pos = st.spec, st.x, st.pos
+    k = make_input(spec, 1, 2, pos.shape[1], cell.dtype, 12)
+    shift = 4096
+    q0, k0 = cell.call(spec, x, pos), cell.call(spec, k, pos, "key")
+    q1, k1 = cell.call(spec, x, pos + shift), cell.call(spec, k, pos + shift, "key")
+    d0 = np.einsum("bhid,bhjd->bhij", q0, k0)
+    d1 = np.einsum("bhid,bhjd->bhij", q1, k1)
+    tq, tk = cell.tolerance(spec, x, pos + shift), cell.tolerance(spec, k, pos + shift, "key")
+    aq, ak = np.abs(q1), np.abs(k1)
+    t = 2 * (np.einsum("bhid,bhjd->bhij", tq, ak) + np.einsum("bhid,bhjd->bhij", aq, tk))
+    return float(np.max(np.abs(d0 - d1) / t)), f"q.k changes when both positions shift by {shift}"
+
+
+@metamorphic("norm_preservation", lambda v, st: True,
+             "each output pair's norm is M times the input pair's (M: attention factor times xPos scale)")
+def norm_preservation(cell: Cell, st: _Setup) -> tuple[float, str]:
+    # M is a spec-derived scalar per pair; nothing here uses the reference's rotation.
+    from ropeconf.reference import inv_freq, xpos_scale
+
+    spec, x, pos = st.spec, st.x, st.pos
+    y = cell.call(spec, x, pos)
+    m = inv_freq(spec, int(pos.max()) + 1)[1]
+    mag = np.full(y.shape, m)
+    if spec.xpos:
+        z = np.asarray(xpos_scale(spec, pos))[:, None]  # (batch, 1, seq, r/2)
+        per = np.concatenate([z, z], -1) if spec.layout == "half" else np.repeat(z, 2, -1)
+        mag[..., : spec.rotary_dim] *= per
+    want = pair_norm(x.astype(np.float64), spec.rotary_dim, spec.layout) * mag
+    got = pair_norm(y, spec.rotary_dim, spec.layout)
+    t = 2 * cell.tolerance(spec, x, pos)
+    return float(np.max(np.abs(got - want) / t)), "the rotation does not preserve each pair's norm"
+
+
+@metamorphic("layout_identity", lambda v, st: len(st.layouts) == 2,
+             "half layout equals de-interleave(interleaved(interleave(x))) (adapters with both layouts)")
+def layout_identity(cell: Cell, st: _Setup) -> tuple[float, str]:
+    spec, x, pos = st.spec, st.x, st.pos
+    r = spec.rotary_dim
+    perm = np.concatenate([np.arange(0, r, 2), np.arange(1, r, 2), np.arange(r, spec.head_dim)])
+    half, inter = spec.replace(layout="half"), spec.replace(layout="interleaved")
+    xi = np.empty_like(x)
+    xi[..., perm] = x                       # x in half order -> interleaved order
+    yh = cell.call(half, x, pos)
+    yi = cell.call(inter, np.ascontiguousarray(xi), pos)[..., perm]
+    t = cell.tolerance(half, x, pos) * 2
+    return float(np.max(np.abs(yh - yi) / t)), "half != de-interleave(interleaved(interleave(x)))"
+
+
+SOURCES: dict[str, CaseSource] = {s.name: s for s in [
+    CaseSource("golden", "golden", golden_cases, "the golden corpus (stored expected outputs)"),
+    CaseSource("property", "properties", property_cases, "hypothesis cases within the adapter's declaration"),
+    offset_composition, relative_invariance, norm_preservation, layout_identity,
+]}
+# --no-<group> switches and what they skip
+GROUPS: dict[str, str] = {"golden": "golden-data cases", "properties": "hypothesis cases",
+                          "metamorphic": "metamorphic checks"}
+assert {s.group for s in SOURCES.values()} <= set(GROUPS)
