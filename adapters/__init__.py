@@ -27,15 +27,14 @@ FAMILIES: dict[str, dict[str, str]] = {
              "torch-onnx-f32cache": "TorchOnnxRotaryF32Cache"},
     # torchtune
     "torchtune": {"torchtune": "TorchtuneRoPE", "torchtune-llama3": "TorchtuneLlama3"},
-    # GPU-only kernels: unavailable, with the reason, without a CUDA GPU
-    "gpu_kernels": {"flash-attn": "FlashAttnRotary", "flash-attn-f32cache": "FlashAttnRotaryF32Cache",
-                    "flash-attn-varlen": "FlashAttnRotaryVarlen", "flash-attn-inplace": "FlashAttnRotaryInplace",
-                    "liger": "LigerRotary", "liger-f32cache": "LigerRotaryF32Cache",
-                    "vllm-native": "VllmRotaryNative", "vllm-cuda": "VllmRotaryCuda",
-                    "vllm-native-deepseek-yarn": "VllmDeepseekYarnNative",
-                    "vllm-cuda-deepseek-yarn": "VllmDeepseekYarnCuda",
-                    "te": "TransformerEngineRotary", "te-f32cache": "TransformerEngineRotaryF32Cache",
-                    "te-bshd": "TransformerEngineRotaryBSHD", "te-thd": "TransformerEngineRotaryTHD"},
+    # GPU-only kernels (shared plumbing in _gpu.py): unavailable, with the reason, without a CUDA GPU
+    "flash_attn": {"flash-attn": "FlashAttnRotary", "flash-attn-f32cache": "FlashAttnRotaryF32Cache",
+                   "flash-attn-varlen": "FlashAttnRotaryVarlen", "flash-attn-inplace": "FlashAttnRotaryInplace"},
+    "liger": {"liger": "LigerRotary", "liger-f32cache": "LigerRotaryF32Cache"},
+    "vllm": {"vllm-native": "VllmRotaryNative", "vllm-cuda": "VllmRotaryCuda",
+             "vllm-native-deepseek-yarn": "VllmDeepseekYarnNative", "vllm-cuda-deepseek-yarn": "VllmDeepseekYarnCuda"},
+    "transformer_engine": {"te": "TransformerEngineRotary", "te-f32cache": "TransformerEngineRotaryF32Cache",
+                           "te-bshd": "TransformerEngineRotaryBSHD", "te-thd": "TransformerEngineRotaryTHD"},
 }
 
 BUILTIN: dict[str, str] = {name: f"ropeconf.adapters.{family}:{attr}"

@@ -9,7 +9,8 @@
 #    that needs another torch fails instead of replacing it), continuing on failure:
 #    cupy-cuda12x, triton, flash-attn, liger-kernel, vllm, transformer-engine;
 # 4. runs `ropeconf gpu-parity`, the GPU tests
-#    (pytest tests/test_adapter_gpu_kernels.py tests/test_reference_properties.py -k "cuda or cupy or gpu"),
+#    (pytest tests/test_adapter_{flash_attn,liger,vllm,transformer_engine}.py tests/test_reference_properties.py
+#    -k "cuda or cupy or gpu"),
 #    and `ropeconf run --device cuda` over every torch-based and GPU adapter -> out/gpu.json, out/gpu.html.
 #
 # Exit status: 0 when all three steps pass; 1 when a step failed (each failure is named at the end);
@@ -192,13 +193,14 @@ fi
 # ----------------------------------------------------------------------------- 4. the checks
 # every torch-based adapter, every adapter that runs on CUDA, and the GPU-only adapters
 ADAPTERS=$("$PY" - <<'EOF'
-from ropeconf.adapters import BUILTIN
+from ropeconf.adapters import BUILTIN, FAMILIES
 
 TORCH_BASED = ["hf", "rotary-torch", "rotary-torch-cached-keys", "rotary-torch-learned", "keras-torch",
                "torch-onnx", "torch-onnx-f32cache", "torchtune", "torchtune-llama3", "zeta"]
 OTHER_CUDA = ["ort", "ort-f32cache", "ort-contrib", "ort-contrib-f32cache", "max"]
 names = [n for n in TORCH_BASED + OTHER_CUDA if n in BUILTIN]
-names += [n for n, path in BUILTIN.items() if path.startswith("ropeconf.adapters.gpu_kernels:")]
+GPU_ONLY = ["flash_attn", "liger", "vllm", "transformer_engine"]  # families (adapters/<family>.py)
+names += [n for family in GPU_ONLY for n in FAMILIES[family]]
 print(" ".join(names))
 EOF
 )
@@ -214,7 +216,9 @@ ROPECONF=("$VENV/bin/ropeconf")
 
 STEPS=("gpu-parity" "pytest" "run")
 CMD_gpu_parity=("${ROPECONF[@]}" gpu-parity)
-CMD_pytest=("$PY" -m pytest tests/test_adapter_gpu_kernels.py tests/test_reference_properties.py -k "cuda or cupy or gpu" -rs)
+GPU_TESTS=(tests/test_adapter_flash_attn.py tests/test_adapter_liger.py tests/test_adapter_vllm.py
+           tests/test_adapter_transformer_engine.py tests/test_reference_properties.py)
+CMD_pytest=("$PY" -m pytest "${GPU_TESTS[@]}" -k "cuda or cupy or gpu" -rs)
 CMD_run=("${ROPECONF[@]}" run --device cuda --adapter "${ADAPTER_LIST[@]}" --json out/gpu.json --report out/gpu.html
          ${RUN_ARGS[@]+"${RUN_ARGS[@]}"})
 
