@@ -1,7 +1,10 @@
 """``ropeconf gpu-parity``: the reference on CuPy vs NumPy, and CUDA vs CPU for adapters.
 
-Import-guarded: without CuPy or a CUDA device it says why and exits 2 (it
-cannot check anything), so a GPU job that silently lost its GPU fails loudly.
+The reference half is ``ropeconf parity --backend cupy --device cuda``
+(``parity.py``: one implementation for every backend and device); this adds
+the torch adapters on CUDA vs CPU.  Without CuPy or a CUDA device it says why
+and exits 2 (it cannot check anything), so a GPU job that silently lost its
+GPU fails loudly.
 """
 
 from __future__ import annotations
@@ -9,54 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
 
-import numpy as np
+from .parity import BOUND_ULP, gpu_unavailable_reason, parity, ulp_diff  # noqa: F401  (re-exported)
 
 TORCH_ADAPTERS = ("hf", "rotary-torch", "torchtune", "torchtune-llama3", "torch-onnx")
-
-
-def gpu_unavailable_reason() -> str | None:
-    try:
-        import cupy
-    except Exception as e:
-        return f"CuPy not importable: {type(e).__name__}: {e}"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "CuPy found no CUDA device"
-    except Exception as e:
-        return f"no CUDA device: {type(e).__name__}: {e}"
-    return None
-
-
-def ulp_diff(a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> float:
-    """max |a - b| in units of the ulp of ``scale`` (for cos/sin: of the value; for outputs: of the pair norm)."""
-    return float(np.max(np.abs(a - b) / np.spacing(np.maximum(np.abs(scale), np.finfo(np.float64).tiny))))
-
-
-def cupy_parity(golden_dir: str | None = None) -> dict[str, Any]:
-    """Max ulp difference CuPy vs NumPy over every golden case, for cos, sin and apply (all input dtypes)."""
-    import cupy
-
-    from ropeconf.conformance.tolerance import pair_norm
-    from ropeconf.golden_data import corpus
-    from ropeconf.reference import RopeSpec, apply, cos_sin
-
-    worst = {"cos_sin_ulp": 0.0, "apply_ulp": 0.0, "cases": 0}
-    for case, arrays in corpus.iter_cases(golden_dir):
-        spec = RopeSpec.from_dict(case["spec"])
-        pos = arrays["positions"]
-        c, s = cos_sin(spec, pos)
-        cg, sg = cos_sin(spec, cupy.asarray(pos))
-        worst["cos_sin_ulp"] = max(worst["cos_sin_ulp"], ulp_diff(cupy.asnumpy(cg), c, c),
-                                   ulp_diff(cupy.asnumpy(sg), s, s))
-        for dt in corpus.INPUT_DTYPES:
-            x = corpus.input_array(arrays, dt).astype(np.float64)
-            y = apply(spec, x, pos)
-            yg = cupy.asnumpy(apply(spec, cupy.asarray(x), cupy.asarray(pos)))
-            worst["apply_ulp"] = max(worst["apply_ulp"], ulp_diff(yg, y, pair_norm(y, spec.rotary_dim, spec.layout)))
-        worst["cases"] += 1
-    return worst
 
 
 def cmd_gpu_parity(args: argparse.Namespace) -> int:
@@ -65,10 +24,13 @@ def cmd_gpu_parity(args: argparse.Namespace) -> int:
         print(f"gpu-parity: cannot run: {why}", file=sys.stderr)
         return 2
     t0 = time.time()
-    par = cupy_parity()
-    ok = par["cos_sin_ulp"] <= 2 and par["apply_ulp"] <= 2
-    print(f"CuPy vs NumPy reference over {par['cases']} golden cases: cos/sin max {par['cos_sin_ulp']:.2f} ulp, "
-          f"apply max {par['apply_ulp']:.2f} ulp of the pair norm -> {'OK' if ok else 'MISMATCH'} (bound 2 ulp)")
+    par = parity("cupy", "cuda")
+    tot = par["totals"]
+    print(f"CuPy vs NumPy reference over {len(par['cases'])} golden cases: cos/sin max "
+          f"{tot['cos_sin']['max_ulp']:.2f} ulp, xpos max {tot['xpos']['max_ulp']:.2f} ulp, apply max "
+          f"{tot['apply']['max_ulp']:.2f} ulp of the pair norm ({tot['apply_net']['max_ulp']:.2f} beyond the "
+          f"cos/sin tables' own difference) -> {'OK' if par['ok'] else 'MISMATCH'} (bound {BOUND_ULP:g} ulp; "
+          f"`ropeconf parity --backend cupy --device cuda` has the per-case table)")
     from .config import RunConfig
     from .outcome import decide
     from .presentation import render_matrix
@@ -78,4 +40,4 @@ def cmd_gpu_parity(args: argparse.Namespace) -> int:
     cfg = RunConfig(dtypes=("float32", "bfloat16"), devices=("cpu", "cuda"), profile="ci")
     result = {"adapters": run_isolated(names, cfg, jobs=1), "seconds": time.time() - t0}
     print(render_matrix(result))
-    return 0 if ok and decide(result).exit_code == 0 else 1
+    return 0 if par["ok"] and decide(result).exit_code == 0 else 1

@@ -1,7 +1,8 @@
 """Double-double ("dd") arithmetic and an exact-enough cos/sin of ``p * omega``.
 
-Written against an array namespace ``xp`` (NumPy or CuPy through
-array-api-compat), elementwise only, so that it runs unchanged on a GPU.
+Written against an array namespace ``xp`` (NumPy, CuPy, torch, JAX,
+array_api_strict through array-api-compat; standard functions only),
+elementwise only, so that it runs unchanged on a GPU.
 
 Why: the naive float64 ``cos(p * w)`` is off by ~5e-11 at p = 1e6 because the
 product ``p * w`` is rounded (its ulp at 1e6 is 1.2e-10).  Here the angle is
@@ -16,6 +17,7 @@ contract.  A fused GPU kernel must be compiled with ``--fmad=false``.
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 
 from ._hp import PI_DEC, hp_context
@@ -89,7 +91,7 @@ def cos_sin_dd(xp, a_hi, a_lo):
     is r_lo**2 / 2 < 2**-140.
     """
     k = xp.round(a_hi * _TWO_OVER_PI)
-    if a_hi.size and bool(xp.max(xp.abs(a_hi)) < _SMALL_K):
+    if math.prod(a_hi.shape) and bool(xp.max(xp.abs(a_hi)) < _SMALL_K):
         # |k| < 2**26: k * C_H and k * C_L are exact, so k * C = the exact dd (k*C_H) + (k*C_L)
         a, ae = fast_two_sum(k * _C1H, k * _C1L)
         b, be = fast_two_sum(k * _C2H, k * _C2L)

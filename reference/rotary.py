@@ -18,6 +18,7 @@ Conventions (docs/spec.md has the full text):
 from __future__ import annotations
 
 import functools
+import math
 from decimal import Decimal
 from typing import Any
 
@@ -70,7 +71,7 @@ def _check_positions(xp, spec: RopeSpec, positions):
 
 
 def _default_seq_len(xp, positions) -> int | None:
-    if positions.size == 0:
+    if _size(positions) == 0:
         return None
     return int(xp.max(positions)) + 1
 
@@ -143,10 +144,10 @@ def _angles_cos_sin(xp, spec: RopeSpec, positions, seq_len: int | None):
     if seq_len is None:
         seq_len = _default_seq_len(xp, positions)
     dev = _device(positions)
-    p = xp.astype(positions, xp.float64)
-    if spec.n_streams == 1 and p.ndim >= 1 and p.size > 1:
+    p = _f64(xp, positions)
+    if spec.n_streams == 1 and p.ndim >= 1 and _size(p) > 1:
         uniq, inverse = xp.unique_inverse(p)
-        if uniq.shape[0] < p.size:
+        if uniq.shape[0] < _size(p):
             c, s = _cos_sin_flat(xp, spec, uniq, seq_len, dev)
             idx = xp.reshape(inverse, (-1,))
             shape = tuple(p.shape) + (spec.n_pairs,)
@@ -163,30 +164,53 @@ def _cos_sin_flat(xp, spec: RopeSpec, p, seq_len: int | None, dev):
     (``_exec.map_rows``); the result is identical.
     """
     row = spec.n_pairs * (p.shape[-1] if spec.n_streams > 1 else 1)
-    return _exec.map_rows(lambda ch: _cos_sin_one(xp, spec, ch, seq_len, dev), p, p.size * spec.n_pairs, row)
+    return _exec.map_rows(lambda ch: _cos_sin_one(xp, spec, ch, seq_len, dev), p, _size(p) * spec.n_pairs, row)
 
 
 def _cos_sin_one(xp, spec: RopeSpec, p, seq_len: int | None, dev):
     _, stream = pair_index(spec)
     if spec.n_streams > 1:
-        p = xp.take(p, xp.asarray(stream, device=dev), axis=-1)  # Q + (n_pairs,)
+        p = xp.take(p, _const(xp, stream, dev), axis=-1)  # Q + (n_pairs,)
     else:
         p = xp.expand_dims(p, axis=-1)  # Q + (1,)
     if spec.rope_type == "longrope" and spec.longrope_switch == "position":
         out = []
         for long in (False, True):
             hi, lo, _ = _omega_dd(spec, seq_len, long)
-            out.append(cos_sin_dd(xp, *dd_angle(p, xp.asarray(hi, device=dev), xp.asarray(lo, device=dev))))
+            out.append(cos_sin_dd(xp, *dd_angle(p, _const(xp, hi, dev), _const(xp, lo, dev))))
         is_long = p >= spec.original_max_position_embeddings
         return xp.where(is_long, out[1][0], out[0][0]), xp.where(is_long, out[1][1], out[0][1])
     hi, lo, _ = _omega_dd(spec, seq_len)
-    return cos_sin_dd(xp, *dd_angle(p, xp.asarray(hi, device=dev), xp.asarray(lo, device=dev)))
+    return cos_sin_dd(xp, *dd_angle(p, _const(xp, hi, dev), _const(xp, lo, dev)))
 
 
 def _device(a):
     import array_api_compat
 
     return array_api_compat.device(a)
+
+
+def _size(a) -> int:
+    """Number of elements (``.size`` is a method on torch tensors, a property elsewhere)."""
+    return math.prod(a.shape)
+
+
+def _const(xp, table: np.ndarray, dev):
+    """A NumPy table (frequencies, stream indices) as an array of ``xp`` on ``dev``.
+
+    A copy: the cached tables are read-only, and torch warns on (and could write
+    through) a tensor sharing a read-only NumPy buffer.
+    """
+    return xp.asarray(table, device=dev, copy=True)
+
+
+def _f64(xp, a):
+    """``a`` as float64; a TypeError when the namespace silently gives less (JAX without x64)."""
+    a = xp.astype(a, xp.float64)
+    if a.dtype != xp.float64:
+        raise TypeError(f"{xp.__name__} returned {a.dtype} for float64: the reference needs float64 "
+                        f"(JAX: jax.config.update('jax_enable_x64', True) before creating arrays)")
+    return a
 
 
 def cos_sin(spec: RopeSpec | dict, positions, seq_len: int | None = None):
@@ -213,13 +237,15 @@ def angles(spec: RopeSpec | dict, positions, seq_len: int | None = None):
     positions = _check_positions(xp, spec, positions)
     if seq_len is None:
         seq_len = _default_seq_len(xp, positions)
-    p = xp.astype(positions, xp.float64)
+    dev = _device(positions)
+    p = _f64(xp, positions)
     _, stream = pair_index(spec)
-    p = xp.take(p, xp.asarray(stream), axis=-1) if spec.n_streams > 1 else xp.expand_dims(p, axis=-1)
+    p = xp.take(p, _const(xp, stream, dev), axis=-1) if spec.n_streams > 1 else xp.expand_dims(p, axis=-1)
     if spec.rope_type == "longrope" and spec.longrope_switch == "position":
         short, long = _omega_dd(spec, seq_len, False)[0], _omega_dd(spec, seq_len, True)[0]
-        return xp.where(p >= spec.original_max_position_embeddings, p * xp.asarray(long), p * xp.asarray(short))
-    return p * xp.asarray(_omega_dd(spec, seq_len)[0])
+        return xp.where(p >= spec.original_max_position_embeddings, p * _const(xp, long, dev),
+                        p * _const(xp, short, dev))
+    return p * _const(xp, _omega_dd(spec, seq_len)[0], dev)
 
 
 def xpos_scale(spec: RopeSpec | dict, positions, seq_len: int | None = None, role: str = "query"):
@@ -249,9 +275,9 @@ def _xpos(xp, spec: RopeSpec, positions, seq_len, role):
         rate = [to_dd(sign * ((Decimal(2 * j) + Decimal("0.4") * r) / (Decimal("1.4") * r)).ln()
                       / Decimal(spec.xpos_scale_base)) for j in range(spec.n_pairs)]
     dev = _device(positions)
-    lz_hi = xp.asarray(np.array([v[0] for v in rate]), device=dev)
-    lz_lo = xp.asarray(np.array([v[1] for v in rate]), device=dev)
-    p = xp.astype(positions, xp.float64)
+    lz_hi = _const(xp, np.array([v[0] for v in rate]), dev)
+    lz_lo = _const(xp, np.array([v[1] for v in rate]), dev)
+    p = _f64(xp, positions)
     if spec.n_streams > 1:
         p = p[..., 0]
     e_hi, e_lo = dd_angle(xp.expand_dims(p - c, axis=-1), lz_hi, lz_lo)  # dd product (p - c) * rate
@@ -297,7 +323,7 @@ def _prepare_x(xp, spec: RopeSpec, x):
     if x.ndim < 1 or x.shape[-1] != spec.head_dim:
         raise ValueError(f"x must have a last axis of head_dim={spec.head_dim}, got shape {tuple(x.shape)}")
     if x.dtype != xp.float64:
-        x = xp.astype(x, xp.float64)
+        x = _f64(xp, x)
     return x
 
 
@@ -312,7 +338,13 @@ def apply(spec: RopeSpec | dict, x, positions, seq_len: int | None = None, *, ro
     """Rotate ``x`` (any real dtype, upcast to float64) and return float64.
 
     ``out``: optional float64 array of the result's shape to write into (saves
-    the allocation and its page faults on large tensors).
+    the allocation and its page faults on large tensors); a mutable array, so
+    not JAX.
+
+    Any array-API namespace (NumPy, CuPy, torch, JAX, array_api_strict):
+    ``x`` and ``positions`` of one namespace and device give a result of that
+    namespace on that device.  JAX needs ``jax_enable_x64`` (a TypeError
+    otherwise).
 
     The attention factor (YaRN, LongRoPE, or ``attention_factor``) multiplies
     the rotated features only, like HF's scaled cos/sin.  With ``xpos=True`` the
@@ -345,7 +377,7 @@ def apply_angles(spec: RopeSpec | dict, x, angles):
     spec = _as_spec(spec)
     xp = namespace(x, angles)
     x = _prepare_x(xp, spec, x)
-    a = xp.astype(xp.asarray(angles), xp.float64)
+    a = _f64(xp, xp.asarray(angles))
     if a.shape[-1] != spec.n_pairs:
         raise ValueError(f"angles must have a last axis of rotary_dim//2={spec.n_pairs}, got {tuple(a.shape)}")
     c, s = cos_sin_dd(xp, a, xp.zeros_like(a))
