@@ -101,7 +101,7 @@ def _ints(a, device):
 
 
 class _GpuAdapter(Adapter):
-    """Shared plumbing: CUDA-only availability, checks, no_grad run, float64 result."""
+    """Shared plumbing: CUDA-only availability, checks, no_grad run, result in the library's dtype."""
 
     def availability(self) -> str | None:
         reasons = [] if cuda_available() else [NO_GPU]

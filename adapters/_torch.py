@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ropeconf.reference.dtypes import check
+from ropeconf.reference.dtypes import check, numpy_dtype
 
 
 def torch_dtype(name: str):
@@ -25,10 +25,13 @@ def to_torch(x: np.ndarray, dtype: str, device: str = "cpu"):
 
 
 def to_numpy(t) -> np.ndarray:
-    """Any torch tensor as a float64 NumPy array (exact for every float dtype)."""
+    """A torch tensor as a NumPy array of the same dtype (bfloat16 as ml_dtypes.bfloat16, bit-exact)."""
     import torch
 
-    return t.detach().to("cpu", torch.float64).numpy()
+    t = t.detach().to("cpu")
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(numpy_dtype("bfloat16"))
+    return t.numpy()
 
 
 def cuda_available() -> bool:

@@ -75,6 +75,7 @@ import numpy as np
 
 from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics, positions_kind
 from ropeconf.reference import RopeSpec
+from ropeconf.reference.dtypes import numpy_dtype
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -208,7 +209,11 @@ class KerasHubRotary(Adapter):
             out = layer(xt, start_index=int(pos.flat[0]) if pos.size else 0)
         else:
             out = layer(xt, positions=ops.convert_to_tensor(pos.astype(np.int32)))
-        out = ops.convert_to_numpy(ops.cast(out, "float32"))  # exact for every declared dtype
+        import keras
+
+        returned = keras.backend.standardize_dtype(out.dtype)  # the layer's own output dtype
+        # through float32 (exact for every declared dtype), back to the dtype the layer returned
+        out = ops.convert_to_numpy(ops.cast(out, "float32")).astype(numpy_dtype(returned))
         return out[: shape[0], : shape[1], : shape[2]]
 
     def _pad(self, x: np.ndarray, pos: np.ndarray, spec: RopeSpec):

@@ -304,7 +304,7 @@ class MaxRotary(Adapter):
             y = out.view(DType.uint16).to_numpy().view(ml_dtypes.bfloat16)
         else:
             y = out.to_numpy()
-        return np.swapaxes(y, 1, 2).astype(np.float64)
+        return np.swapaxes(y, 1, 2)
 
 
 def _accelerator_available() -> bool:

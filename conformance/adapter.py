@@ -138,15 +138,18 @@ class Numerics:
 
     ``angle_dtype``: dtype the angle p * omega is formed in (default: float32 for 16- and
     32-bit dtypes, float64 for float64); ``compute_dtype``: dtype cos/sin are rounded to
-    before the rotation (default: the tested dtype).  The tolerance model
+    before the rotation (default: the tested dtype); ``output_dtype``: dtype the library
+    returns (default: the tested dtype; any other output dtype is an error unless
+    declared here).  The tolerance model
     (docs/tolerance.md) is evaluated with these.
     """
 
     angle_dtype: str | None = None
     compute_dtype: str | None = None
+    output_dtype: str | None = None   # the dtype the library returns, if not the tested dtype
 
     def __post_init__(self) -> None:
-        for name in ("angle_dtype", "compute_dtype"):
+        for name in ("angle_dtype", "compute_dtype", "output_dtype"):
             v = getattr(self, name)
             if v is not None and v not in DTYPES:
                 raise ValueError(f"{name}={v!r} is not one of {list(DTYPES)}")

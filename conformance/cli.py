@@ -1,8 +1,10 @@
 """``ropeconf``: the command line.
 
-Exit codes (CI gating): 0 nothing diverges outside the known-divergence
-registry; 1 something diverges, errors, or a known divergence is fixed; 2 usage
-or configuration error.
+Exit codes (CI gating; ``outcome.EXIT_CODES``): 0 every judged cell conforms
+(or matches the known-divergence registry); 1 something diverges, errors, is
+unjudgeable, or a known divergence got fixed; 2 usage or configuration error
+(nothing ran); 3 nothing to gate on: an adapter named explicitly judged no case,
+or a required adapter (``--require``, ``--strict``) is unavailable.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from .config import RunConfig
 
-from .outcome import EXIT_FAIL, EXIT_OK, EXIT_USAGE, Outcome, decide
+from .outcome import EXIT_CODES, EXIT_FAIL, EXIT_NOT_CHECKED, EXIT_OK, EXIT_USAGE, Outcome, Policy, decide
 from .presentation import render_matrix
 
 EXIT_DIVERGES = EXIT_FAIL
@@ -24,6 +26,16 @@ EXIT_DIVERGES = EXIT_FAIL
 
 class UsageError(Exception):
     pass
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--adapter", nargs="+", metavar="NAME",
                    help="built-in name, entry point (group ropeconf.adapters) or module:attribute; "
                         "default: every built-in adapter")
+    r.add_argument("--skip-adapter", nargs="+", metavar="NAME",
+                   help="built-in adapters to leave out of the default run (over every built-in adapter)")
     RunConfig.add_arguments(r)
-    r.add_argument("--jobs", type=int, default=2, help="adapters run in parallel worker processes (default 2)")
+    r.add_argument("--jobs", type=_positive_int, default=2,
+                   help="adapters run in parallel worker processes (default 2)")
     r.add_argument("--in-process", action="store_true", help="run adapters in this process (no isolation)")
     r.add_argument("--json", metavar="PATH", help="write the full results as JSON")
     r.add_argument("--report", metavar="PATH", help="write a self-contained HTML report")
@@ -70,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     gp = sub.add_parser("gpu-parity", help="CuPy vs NumPy reference and torch CUDA vs CPU adapters (needs a GPU)")
     gp.add_argument("--adapter", nargs="*", default=None)
+    from . import parity
+    parity.add_parser(sub)
     return ap
 
 
@@ -96,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
             from .gpu import cmd_gpu_parity
 
             return cmd_gpu_parity(args)
+        if args.cmd == "parity":
+            from .parity import cmd_parity
+            return cmd_parity(args)
         ap.print_help()
         return EXIT_USAGE
-    except (UsageError, ValueError, TypeError) as e:
+    except (UsageError, ValueError, TypeError, OSError) as e:
         print(f"ropeconf: error: {e}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -157,15 +177,49 @@ def cmd_variants() -> int:
 
 
 # ----------------------------------------------------------------------------- run
+def resolve_adapter_names(names: list[str]) -> None:
+    """Check each adapter name's form without importing anything it names (imports happen in its worker).
+
+    A built-in name, an installed entry point, or ``module:attribute`` whose top-level
+    package exists; anything else is a usage error.
+    """
+    import importlib.metadata
+    import importlib.util
+
+    from ropeconf.adapters import BUILTIN
+
+    eps = {ep.name for ep in importlib.metadata.entry_points(group="ropeconf.adapters")}
+    for n in names:
+        if n in BUILTIN or n in eps:
+            continue
+        mod, sep, attr = n.partition(":")
+        if not sep or not mod or not attr:
+            raise UsageError(f"unknown adapter {n!r}: give a built-in name ({', '.join(sorted(BUILTIN))}), an "
+                             f"entry point of group 'ropeconf.adapters', or 'module:attribute'")
+        try:
+            found = importlib.util.find_spec(mod.split(".")[0]) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise UsageError(f"adapter {n!r}: no module {mod.split('.')[0]!r} on the path (PYTHONPATH)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ropeconf.adapters import BUILTIN
 
-    from .adapter import load_adapter
+    from . import registry, report
     from .runner import run_adapter, run_isolated
 
     try:
         cfg = RunConfig.from_namespace(args)
     except ValueError as e:
+        raise UsageError(str(e)) from None
+    for path in (args.json, args.report):  # fail before the run, not after it
+        if path:
+            report.check_output_path(path)
+    try:  # a malformed registry is a configuration error, found before anything runs
+        registry.load([__import__("pathlib").Path(p) for p in cfg.known_files] if cfg.known_files else None)
+    except registry.RegistryError as e:
         raise UsageError(str(e)) from None
     if "golden" not in cfg.skip:
         from ropeconf.golden_data import corpus
@@ -173,10 +227,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         problems = corpus.verify(cfg.golden_dir)
         if problems:
             raise UsageError("golden data failed verification: " + "; ".join(problems[:5]))
-    names = args.adapter or sorted(BUILTIN)
-    for n in names:  # resolve early: a typo is a usage error, a missing library is not
-        if n not in BUILTIN:
-            load_adapter(n)
+    skip = set(args.skip_adapter or ())
+    unknown_skip = sorted(skip - set(BUILTIN))
+    if unknown_skip:
+        raise UsageError(f"--skip-adapter: not built-in adapters: {unknown_skip}")
+    explicit = tuple(args.adapter or ())
+    names = list(explicit) or [n for n in sorted(BUILTIN) if n not in skip]
+    resolve_adapter_names(names)
+    missing = sorted(set(cfg.require) - set(names))
+    if missing:
+        raise UsageError(f"--require {', '.join(missing)}: not among the adapters of this run")
+    policy = Policy(explicit=explicit, require=cfg.require, allow_empty=cfg.allow_empty, strict=cfg.strict)
     prog = _Progress()
     t0 = time.time()
     if args.in_process:
@@ -185,18 +246,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         reports = run_isolated(names, cfg, jobs=args.jobs, progress=prog)
     prog.close()
     result = {"tool": "ropeconf", "version": _version(), "config": cfg.to_dict(), "seconds": time.time() - t0,
-              "adapters": reports}
+              "adapters": reports, "warnings": [w for r in reports for w in r.get("warnings", [])]}
+    decision = decide(result, policy)
+    result["decision"] = {"exit_code": decision.exit_code, "reasons": decision.reasons}
     print(render_matrix(result))
+    print(render_decision(decision))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=1)
+        report.write_json(result, args.json)
         print(f"JSON results: {args.json}")
     if args.report:
-        from .report import write_html
-
-        write_html(result, args.report)
+        report.write_html(result, args.report)
         print(f"HTML report: {args.report}")
-    return decide(result).exit_code
+    return decision.exit_code
+
+
+def render_decision(decision) -> str:
+    lines = [f"exit {decision.exit_code}: {EXIT_CODES[decision.exit_code]}"]
+    if decision.warnings:
+        lines += ["warnings:"] + [f"  {w}" for w in decision.warnings]
+    if decision.exit_code != EXIT_OK:
+        lines += [f"  {r}" for r in decision.reasons[:50]]
+        if len(decision.reasons) > 50:
+            lines.append(f"  ... and {len(decision.reasons) - 50} more")
+    return "\n".join(lines)
 
 
 def exit_code(result: dict[str, Any]) -> int:
@@ -244,13 +316,10 @@ class _Progress:
 
 # ----------------------------------------------------------------------------- replay
 def cmd_replay(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ropeconf.reference import RopeSpec
 
     from .adapter import load_adapter
     from .judge import judge, make_input
-
     from .runner import adapter_env
 
     env = adapter_env(args.adapter)
@@ -261,36 +330,90 @@ def cmd_replay(args: argparse.Namespace) -> int:
         argv = [sys.executable, "-m", "ropeconf.conformance.cli", "replay", "--adapter", args.adapter,
                 "--case", args.case]
         return subprocess.run(argv, env={**os.environ, **env}).returncode
-    text = args.case
-    if text.startswith("@"):
-        with open(text[1:]) as f:
-            text = f.read()
-    case = json.loads(text)
+    case = parse_replay_case(args.case)
+    resolve_adapter_names([args.adapter])
     adapter = load_adapter(args.adapter)
     why = adapter.availability()
     if why:
-        print(f"{adapter.name}: unavailable: {why}")
-        return EXIT_USAGE
-    dtype, device = case.get("dtype", "float32"), case.get("device", "cpu")
+        print(f"{adapter.name}: unavailable: {why}", file=sys.stderr)
+        return EXIT_NOT_CHECKED
+    dtype, device, role = case["dtype"], case["device"], case["role"]
     if "golden" in case:
         from ropeconf.golden_data import corpus
 
         entry = next((c for c in corpus.read_manifest()["cases"] if c["id"] == case["golden"]), None)
         if entry is None:
-            raise UsageError(f"no golden case {case['golden']!r}")
+            raise UsageError(f"--case: no golden case {case['golden']!r} (see golden_data/manifest.json)")
         arrays = corpus.load_case(None, entry)
         spec = RopeSpec.from_dict(entry["spec"])
+        key = f"expected_{dtype}" if role == "query" else f"expected_key_{dtype}"
         r = judge(adapter, spec, corpus.input_array(arrays, dtype), arrays["positions"], dtype=dtype, device=device,
-                  source="golden", case_id=entry["id"], expected=arrays[f"expected_{dtype}"])
+                  source="golden", case_id=entry["id"], expected=arrays.get(key), role=role)
     else:
-        spec = RopeSpec.from_dict(case["spec"])
-        pos = np.asarray(case["positions"], dtype=np.int64)
-        x = make_input(spec, pos.shape[0], int(case.get("heads") or 1), pos.shape[1], dtype, int(case.get("seed") or 0))
-        r = judge(adapter, spec, x, pos, dtype=dtype, device=device, role=case.get("role") or "query",
-                  seed=case.get("seed"))
+        spec, pos = case["spec"], case["positions"]
+        x = make_input(spec, pos.shape[0], case["heads"], pos.shape[1], dtype, case["seed"])
+        r = judge(adapter, spec, x, pos, dtype=dtype, device=device, role=role, seed=case["seed"])
     print(json.dumps({k: r.to_dict()[k] for k in ("outcome", "max_ratio", "max_abs_error", "message", "worst")},
                      indent=1, default=str))
     return EXIT_FAIL if Outcome.of(r.outcome).fails else EXIT_OK
+
+
+def parse_replay_case(text: str) -> dict[str, Any]:
+    """The ``--case`` object, validated: every problem is a usage error naming the field and what it allows."""
+    import numpy as np
+
+    from ropeconf.reference import RopeSpec
+    from ropeconf.reference.dtypes import DTYPES
+
+    if text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise UsageError(f"--case {text}: cannot read the file: {e}") from None
+    try:
+        case = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"--case is not valid JSON: {e}") from None
+    if not isinstance(case, dict):
+        raise UsageError("--case must be a JSON object with spec, positions, dtype, seed[, heads, device, role] "
+                         "or golden, dtype[, device, role]")
+    out = {"dtype": case.get("dtype", "float32"), "device": case.get("device", "cpu"),
+           "role": case.get("role") or "query"}
+    if out["dtype"] not in DTYPES:
+        raise UsageError(f"--case dtype={out['dtype']!r}: must be one of {', '.join(DTYPES)}")
+    if out["device"] not in ("cpu", "cuda"):
+        raise UsageError(f"--case device={out['device']!r}: must be cpu or cuda")
+    if out["role"] not in ("query", "key"):
+        raise UsageError(f"--case role={out['role']!r}: must be query or key")
+    if "golden" in case:
+        if not isinstance(case["golden"], str):
+            raise UsageError("--case golden must be a golden case id (a string)")
+        return {**out, "golden": case["golden"]}
+    missing = [k for k in ("spec", "positions") if k not in case]
+    if missing:
+        raise UsageError(f"--case lacks {missing} (or give a golden case id as \"golden\")")
+    try:
+        spec = RopeSpec.from_dict(case["spec"])
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"--case spec: {e}") from None
+    try:
+        pos = np.asarray(case["positions"])
+        if pos.dtype == object or pos.dtype.kind not in "iu":
+            raise ValueError("positions must be a nested list of integers")
+        if pos.ndim != (3 if spec.n_streams > 1 else 2):
+            raise ValueError(f"positions must be (batch, seq{', streams' if spec.n_streams > 1 else ''}), "
+                             f"got shape {pos.shape}")
+        if pos.size and (int(pos.max()) >= 2 ** 53 or int(pos.min()) <= -2 ** 53):
+            raise ValueError("positions must be below 2**53 in magnitude (float64 represents them exactly)")
+        pos = pos.astype(np.int64)
+    except (ValueError, OverflowError) as e:
+        raise UsageError(f"--case positions: {e}") from None
+    seed, heads = case.get("seed") or 0, case.get("heads") or 1
+    for name, v, lo in (("seed", seed, 0), ("heads", heads, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise UsageError(f"--case {name}={v!r}: must be an int >= {lo}")
+    return {**out, "spec": spec, "positions": pos, "seed": seed, "heads": heads}
 
 
 # ----------------------------------------------------------------------------- golden
@@ -327,23 +450,28 @@ def cmd_report(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         print(text)
         return EXIT_DIVERGES if regressions else EXIT_OK
     if args.report_cmd == "merge":
+        for path in (args.json, args.report):
+            if path:
+                report.check_output_path(path)
         merged = report.merge([_load_json(p) for p in args.parts])
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump(merged, f, indent=1)
+            report.write_json(merged, args.json)
         if args.report:
             report.write_html(merged, args.report)
         print(render_matrix(merged))
-        return exit_code(merged)
+        decision = decide(merged)
+        print(render_decision(decision))
+        return decision.exit_code
     ap.parse_args(["report", "--help"])
     return EXIT_USAGE
 
 
 def _load_json(path: str) -> dict[str, Any]:
+    from .report import load_json
+
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
+        return load_json(path)
+    except (OSError, ValueError) as e:
         raise UsageError(f"cannot read results {path!r}: {e}") from e
 
 

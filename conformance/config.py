@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 from typing import Any, Callable
 
 from ropeconf.reference.dtypes import DTYPES
@@ -41,7 +42,9 @@ def parse_only(text: str | None) -> dict[str, list[str]]:
     """``rope_type=default,layout=half`` -> {"rope_type": ["default"], "layout": ["half"]}.
 
     Repeated keys accumulate (``layout=half,layout=interleaved``); ``|`` also
-    separates values (``dtype=float32|bfloat16``).
+    separates values (``dtype=float32|bfloat16``).  Keys are RopeSpec keys, ``variant``,
+    ``dtype`` and ``device``; an unknown key, or a value that no case can have (an
+    unknown rope_type, layout, variant..., a number that is not one), is an error.
     """
     out: dict[str, list[str]] = {}
     if not text:
@@ -53,7 +56,45 @@ def parse_only(text: str | None) -> dict[str, list[str]]:
         if not sep or not key.strip() or not val.strip():
             raise ValueError(f"--only expects key=value[,key=value...], got {item!r}")
         out.setdefault(key.strip(), []).extend(v.strip() for v in val.split("|"))
+    for key, vals in out.items():
+        _check_only(key, vals)
     return out
+
+
+def _check_only(key: str, vals: list[str]) -> None:
+    import typing
+
+    from ropeconf.reference import FREQS_FOR, LAYOUTS, ROPE_TYPES, RopeSpec
+    from ropeconf.reference.spec import LONGROPE_SWITCH
+    from ropeconf.reference.variants import VARIANTS
+
+    enums = {"variant": tuple(VARIANTS), "dtype": DTYPES, "device": DEVICES, "rope_type": ROPE_TYPES,
+             "layout": LAYOUTS, "freqs_for": FREQS_FOR, "longrope_switch": LONGROPE_SWITCH}
+    fields = RopeSpec.__dataclass_fields__
+    if key not in enums and key not in fields:
+        raise ValueError(f"--only: unknown key {key!r}; keys: variant, dtype, device or a spec key "
+                         f"({', '.join(sorted(fields))})")
+    if key in enums:
+        bad = [v for v in vals if v not in enums[key]]
+        if bad:
+            raise ValueError(f"--only {key}={'|'.join(bad)} matches nothing: {key} is one of {', '.join(enums[key])}")
+        return
+    hint = typing.get_type_hints(RopeSpec)[key]
+    for v in vals:
+        if v == "None" and "None" in str(hint):
+            continue
+        if hint is bool or str(hint).startswith("bool"):
+            ok = v in ("True", "False")
+        elif "int" in str(hint) or "float" in str(hint):
+            try:
+                float(v)
+                ok = True
+            except ValueError:
+                ok = False
+        else:
+            ok = True
+        if not ok:
+            raise ValueError(f"--only {key}={v!r} matches nothing: {key} is {hint}")
 
 
 def _variants(text: str) -> tuple[str, ...]:
@@ -84,9 +125,29 @@ def _positive_float(name: str) -> Callable[[str], float]:
     return parse
 
 
+def _memory(text: str) -> str:
+    """'auto', 'off' or a size like 8G / 512M / 1073741824 (bytes), validated."""
+    t = str(text).strip()
+    if t.lower() in ("auto", "off"):
+        return t.lower()
+    memory_bytes(t)
+    return t
+
+
+def memory_bytes(text: str) -> int:
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", str(text))
+    if not m:
+        raise ValueError(f"--memory-limit {text!r}: give a size like 8G, 512M or a number of bytes, or 'off'")
+    n = float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper())
+    if n < 64 * 2 ** 20:
+        raise ValueError(f"--memory-limit {text!r} is below 64M: a worker cannot even import NumPy")
+    return int(n)
+
+
 def _opt(flag: str, help: str, parse: Callable[[str], Any] | None = None, metavar: str | None = None,
-         choices: tuple[str, ...] | None = None, nargs: str | None = None) -> dict[str, Any]:
-    return {"flag": flag, "help": help, "parse": parse, "metavar": metavar, "choices": choices, "nargs": nargs}
+         choices: tuple[str, ...] | None = None, nargs: str | None = None, flag_type: str = "value") -> dict[str, Any]:
+    return {"flag": flag, "help": help, "parse": parse, "metavar": metavar, "choices": choices, "nargs": nargs,
+            "type": flag_type}
 
 
 @dataclasses.dataclass
@@ -118,6 +179,21 @@ class RunConfig:
     skip: tuple[str, ...] = dataclasses.field(default=(), metadata={"help": "case-source groups not to run"})
     timeout: float = dataclasses.field(default=900.0, metadata=_opt(
         "--timeout", "seconds before an adapter's worker is killed (default 900)", _positive_float("--timeout")))
+    case_timeout: float = dataclasses.field(default=300.0, metadata=_opt(
+        "--case-timeout", "seconds one adapter call may take before its worker is killed and that case is "
+        "reported as hung (default 300)", _positive_float("--case-timeout")))
+    memory_limit: str = dataclasses.field(default="auto", metadata=_opt(
+        "--memory-limit", "address-space limit of each worker, e.g. 8G, 512M, 'off' (default auto: 3/4 of "
+        "this machine's memory on CPU runs, off with --device cuda)", _memory, metavar="SIZE"))
+    require: tuple[str, ...] = dataclasses.field(default=(), metadata=_opt(
+        "--require", "adapters whose being unavailable fails the run (exit 3), comma separated", _csv,
+        metavar="NAME"))
+    strict: bool = dataclasses.field(default=False, metadata=_opt(
+        "--strict", "every adapter named with --adapter is required, and registry warnings (entries that "
+        "matched nothing) fail the run", flag_type="switch"))
+    allow_empty: bool = dataclasses.field(default=False, metadata=_opt(
+        "--allow-empty", "an adapter named explicitly may judge zero cases (default: that exits 3)",
+        flag_type="switch"))
 
     # ------------------------------------------------------------------ derived
     @property
@@ -151,6 +227,8 @@ class RunConfig:
             flag = "--" + prefix + m["flag"][2:]
             kw: dict[str, Any] = {"dest": (prefix.replace("-", "_") + f.name) if not pytest else None,
                                   "default": None, "help": m["help"]}
+            if m.get("type") == "switch":
+                kw.update(action="store_true", default=False)
             if m.get("metavar"):
                 kw["metavar"] = m["metavar"]
             if m.get("choices"):
@@ -180,7 +258,7 @@ class RunConfig:
             if "flag" not in m:
                 continue
             raw = get(f.name)
-            if raw is None:
+            if raw is None or (m.get("type") == "switch" and not raw):
                 continue
             parse = m.get("parse")
             try:

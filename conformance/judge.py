@@ -15,12 +15,16 @@ from typing import Any
 import numpy as np
 
 from ropeconf.reference import RopeSpec, angles, apply
-from ropeconf.reference.dtypes import MAX_FINITE, round_to
+from ropeconf.reference.dtypes import MAX_FINITE, name_of, round_to
 
 from .adapter import Adapter, Unsupported
 from .outcome import Outcome
 from .results import CaseResult
-from .tolerance import Precision, angle_error_factor, angle_magnitude, bound, error_ratio, pair_norm
+from .tolerance import Precision, angle_error_factor, angle_magnitude, bound, error_ratio, pair_norm, unjudgeable
+
+
+class OutputError(ValueError):
+    """The adapter's output is not a result of the tested kind (shape, dtype, complex, object)."""
 
 
 def make_input(spec: RopeSpec, batch: int, heads: int, seq: int, dtype: str, seed: int) -> np.ndarray:
@@ -31,7 +35,30 @@ def make_input(spec: RopeSpec, batch: int, heads: int, seq: int, dtype: str, see
 
 def precision_for(adapter: Adapter, dtype: str) -> Precision:
     """The tolerance model's precisions for ``adapter`` at ``dtype`` (its declared Numerics, else conventional)."""
-    return Precision.conventional(dtype, adapter.precision.angle_dtype, adapter.precision.compute_dtype)
+    p = adapter.precision
+    return Precision.conventional(dtype, p.angle_dtype, p.compute_dtype, p.output_dtype)
+
+
+def check_output(actual: Any, shape: tuple[int, ...], dtype: str, precision: Precision) -> np.ndarray:
+    """The adapter's output as float64, after checking it is a real array of the tested dtype and shape.
+
+    A complex, object, integer or otherwise-typed result is an error (its imaginary part
+    or its type would otherwise be dropped silently), and so is a float dtype other than
+    the tested one (or the declared ``output_dtype``): a float64 result of a float32 case
+    is not what the library returns for float32 input.
+    """
+    act = np.asarray(actual)
+    if act.dtype.kind == "c":
+        raise OutputError(f"adapter returned a complex array ({act.dtype}): a RoPE output is real")
+    got = name_of(act.dtype) if act.dtype.kind in "fV" else None
+    if got is None:
+        raise OutputError(f"adapter returned dtype {act.dtype}, not a floating array of the tested dtype {dtype}")
+    if got != precision.dtype:
+        raise OutputError(f"adapter returned {got} for a {dtype} case (expected {precision.dtype}; declare "
+                          f"Numerics(output_dtype=...) if the library really returns another dtype)")
+    if act.shape != shape:
+        raise OutputError(f"adapter returned shape {act.shape}, expected {shape}")
+    return act.astype(np.float64)
 
 
 def angle_terms(spec: RopeSpec, positions: np.ndarray, x_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -43,17 +70,18 @@ def angle_terms(spec: RopeSpec, positions: np.ndarray, x_shape: tuple[int, ...])
 
 
 def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.ndarray,
-            precision: Precision) -> tuple[float, float, dict[str, Any], dict[str, Any]]:
-    """(max ratio, max abs error, worst location, error profile) of actual vs expected."""
-    act = np.asarray(actual)
-    if act.dtype.kind not in "fc" and act.dtype.name != "bfloat16":
-        act = act.astype(np.float64)
-    act = act.astype(np.float64)
-    if act.shape != expected.shape:
-        raise ValueError(f"adapter returned shape {act.shape}, expected {expected.shape}")
+            precision: Precision, dtype: str | None = None) -> tuple[float, float, dict[str, Any], dict[str, Any]]:
+    """(max ratio, max abs error, worst location, error profile) of actual vs expected.
+
+    Elements whose tolerance reaches their pair's size are not judged (their ratio is 0);
+    ``worst["unjudgeable"]`` counts them and ``worst["rotated"]`` counts the rotated elements.
+    """
+    act = check_output(actual, expected.shape, dtype or precision.dtype, precision)
     phi, fac = angle_terms(spec, positions, expected.shape)
     tol = bound(expected, phi, spec.rotary_dim, spec.layout, precision, fac)
     ratio = error_ratio(act, expected, tol)
+    blind = unjudgeable(phi, spec.rotary_dim, precision, fac)
+    ratio = np.where(blind, 0.0, ratio)
     # A value beyond the dtype's range (xPos scales at long positions) cannot be represented:
     # overflowing to inf (or the largest finite value) of the right sign is the correct answer.
     big = MAX_FINITE[precision.dtype]
@@ -69,7 +97,8 @@ def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.nda
     pair = _pair_of(d, spec)
     worst = {"batch": b, "head": h, "seq": s, "element": d, "pair": pair,
              "position": np.asarray(positions)[b, s].tolist(),
-             "actual": float(act[i]), "expected": float(expected[i]), "tolerance": float(tol[i])}
+             "actual": float(act[i]), "expected": float(expected[i]), "tolerance": float(tol[i]),
+             "unjudgeable": int(blind.sum()), "rotated": int(np.prod(expected.shape[:-1])) * spec.rotary_dim}
     # error profile: per token (max over features) and per pair index (max over tokens)
     r_tok = ratio.max(axis=(1, 3))                          # (batch, seq)
     pn = np.maximum(pair_norm(expected, spec.rotary_dim, spec.layout), np.finfo(np.float64).tiny)
@@ -107,7 +136,10 @@ def _per_pair(ratio: np.ndarray, spec: RopeSpec) -> np.ndarray:
 
 def run_adapter_call(adapter: Adapter, spec: RopeSpec, x: np.ndarray, positions: np.ndarray, dtype: str,
                      device: str, role: str = "query") -> np.ndarray:
-    out = adapter.run(x, positions, spec, dtype=dtype, device=device, role=role)
+    """One adapter call on private copies of x and positions (an adapter that writes into its
+    inputs cannot change what the case is judged against)."""
+    out = adapter.run(np.array(x, copy=True), np.array(positions, copy=True), spec, dtype=dtype, device=device,
+                      role=role)
     return np.asarray(out.cpu() if hasattr(out, "cpu") and not isinstance(out, np.ndarray) else out)
 
 
@@ -117,21 +149,24 @@ def judge(adapter: Adapter, spec: RopeSpec, x: np.ndarray, positions: np.ndarray
     """Judge one case.  ``expected`` may be given (golden data); else the reference computes it."""
     res = CaseResult(adapter.name, variant, dtype, device, source, case_id, Outcome.CONFORMS,
                      spec=spec.to_dict(), positions=np.asarray(positions).tolist(), seed=seed, role=role)
-    why = adapter.why_unsupported(spec, dtype, device, positions)
-    if why:
-        res.outcome, res.message = Outcome.UNSUPPORTED, why
-        return res
-    if expected is None:
-        expected = np.asarray(apply(spec, np.asarray(x).astype(np.float64), positions, role=role))
     try:
+        why = adapter.why_unsupported(spec, dtype, device, positions)
+        if why:
+            res.outcome, res.message = Outcome.UNSUPPORTED, why
+            return res
+        if expected is None:
+            expected = np.asarray(apply(spec, np.asarray(x).astype(np.float64), positions, role=role))
         actual = run_adapter_call(adapter, spec, x, positions, dtype, device, role)
-        ratio, abs_err, worst, profile = compare(spec, actual, expected, positions, precision_for(adapter, dtype))
+        ratio, abs_err, worst, profile = compare(spec, actual, expected, positions, precision_for(adapter, dtype),
+                                                 dtype)
     except Unsupported as e:  # the adapter refused the case: a declaration, not a failure
         res.outcome, res.message = Outcome.UNSUPPORTED, str(e)
         return res
-    except Exception as e:  # the library raised: report its own text
+    except BaseException as e:  # noqa: BLE001 - anything the adapter raises (SystemExit too) is this case's error
         res.outcome = Outcome.ERROR
         res.message = f"{type(e).__name__}: {e}"
+        if isinstance(e, MemoryError):
+            res.message += " (memory exhausted: the worker's address space is limited by --memory-limit)"
         res.worst = {"traceback": traceback.format_exc(limit=-3)}
         return res
     res.max_ratio, res.max_abs_error, res.worst, res.profile = ratio, abs_err, worst, profile
@@ -139,6 +174,10 @@ def judge(adapter: Adapter, spec: RopeSpec, x: np.ndarray, positions: np.ndarray
         res.outcome = Outcome.DIVERGES
         res.message = (f"max error {abs_err:.3g} = {ratio:.3g} x tolerance at position {worst['position']}, "
                        f"pair {worst['pair']}")
+    elif worst["rotated"] and worst["unjudgeable"] == worst["rotated"]:
+        res.outcome = Outcome.UNJUDGEABLE
+        res.message = (f"every rotated element is unjudgeable at position {worst['position']}: the {dtype} "
+                       f"tolerance there reaches the pair's size (docs/tolerance.md, judgeable positions)")
     return res
 
 

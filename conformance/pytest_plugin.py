@@ -38,17 +38,24 @@ def _config(pc: pytest.Config):
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "ropeconf_cell" not in metafunc.fixturenames:
-        return
     from .runner import cells_of
 
     pc = metafunc.config
-    cfg = _config(pc)
-    params = [pytest.param((name, v, dt, dev), id=f"{name}-{v}-{dt}-{dev}", marks=pytest.mark.xdist_group(name))
-              for name in pc.getoption("--ropeconf-adapter") for v, dt, dev in cells_of(cfg)]
-    if not params:
-        params = [pytest.param(None, marks=pytest.mark.skip(reason="no --ropeconf-adapter given"), id="no-adapter")]
-    metafunc.parametrize("ropeconf_cell", params)
+    names = pc.getoption("--ropeconf-adapter")
+    if "ropeconf_cell" in metafunc.fixturenames:
+        params = [pytest.param((name, v, dt, dev), id=f"{name}-{v}-{dt}-{dev}",
+                               marks=pytest.mark.xdist_group(name))
+                  for name in names for v, dt, dev in cells_of(_config(pc))]
+        if not params:
+            params = [pytest.param(None, marks=pytest.mark.skip(reason="no --ropeconf-adapter given"),
+                                   id="no-adapter")]
+        metafunc.parametrize("ropeconf_cell", params)
+    if "ropeconf_adapter" in metafunc.fixturenames:
+        params = [pytest.param(name, id=name, marks=pytest.mark.xdist_group(name)) for name in names]
+        if not params:
+            params = [pytest.param(None, marks=pytest.mark.skip(reason="no --ropeconf-adapter given"),
+                                   id="no-adapter")]
+        metafunc.parametrize("ropeconf_adapter", params)
 
 
 def adapter_report(pc: pytest.Config, name: str) -> dict:
@@ -79,3 +86,19 @@ def check_cell(pc: pytest.Config, cell: tuple[str, str, str, str]) -> None:
         replay = f"\nreplay: {replay_command(name, case)}" if case else ""
         pytest.fail(f"{name} {variant} {dtype} {device}: {outcome.value}: {msg}{replay}", pytrace=False)
     assert outcome.pytest == "pass", outcome
+
+
+def check_adapter(pc: pytest.Config, name: str) -> None:
+    """The adapter as a whole: the policy of ``outcome.decide`` (an adapter named here must judge at least
+    one case unless --ropeconf-allow-empty; --ropeconf-require / --ropeconf-strict make unavailable fatal;
+    --ropeconf-strict fails on registry entries that matched nothing)."""
+    from .outcome import EXIT_OK, Policy, decide
+
+    cfg = _config(pc)
+    rep = adapter_report(pc, name)
+    policy = Policy(explicit=(name,), require=cfg.require, allow_empty=cfg.allow_empty, strict=cfg.strict)
+    decision = decide({"adapters": [rep], "warnings": rep.get("warnings", [])}, policy)
+    # failing cells fail their own tests; this one reports what is about the adapter as a whole
+    whole = [r for r in decision.reasons if r.startswith((f"{name}:", "--strict"))]
+    if decision.exit_code != EXIT_OK and whole:
+        pytest.fail("\n".join(whole), pytrace=False)

@@ -1,23 +1,49 @@
-"""The known-divergence registry: conformance/known/*.toml (versioned with the suite).
+"""The known-divergence registry: conformance/known/<family>.toml (versioned with the suite).
 
-Each ``[[divergence]]`` entry names the adapter(s), the library and the version
-range it was verified on, what it matches (spec keys, ``variant``, ``dtype``,
-``device``; a string, a list, or ``"*"``), the reason and the upstream
-reference.  A matching diverging case is reported *known divergence*; a
-matching case that conforms is reported *fixed*, which fails the run so the
-entry gets removed (an expected failure that alarms when fixed).
+Each ``[[divergence]]`` entry names the adapter(s) (fnmatch patterns against the
+name the report shows: a built-in name, an entry-point name or the
+``module:attribute`` an adapter was loaded by), the library and the version
+range it was verified on, what it matches, the reason and the upstream
+reference.  A matching diverging (or erroring) case is reported *known
+divergence*; when every matched case of a cell conforms the entry is *fixed*,
+which fails the run so the entry gets removed.
+
+``match`` keys: every RopeSpec key, ``variant``, ``dtype``, ``device``, and the
+case's ``role`` (query/key), ``partial`` (rotary_dim < head_dim),
+``min_position`` / ``max_position`` (of the case's positions) and
+``negative_positions``.  A value is one value, a list of values, ``"*"`` (any),
+an fnmatch pattern for strings, or a comparison for numbers (``">=1000"``,
+``"<0"``).  Unknown entry or match keys are errors, and so is a malformed file.
+When several entries match a case, the most specific one (most constrained match
+keys, then a literal adapter name over a pattern) is reported.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import operator
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 KNOWN_DIR = Path(__file__).resolve().parent / "known"
 REQUIRED = ("id", "adapter", "library", "versions", "match", "reason", "upstream")
+OPTIONAL = ("magnitude", "diagnosis")
+CELL_KEYS = ("variant", "dtype", "device")
+CASE_KEYS = ("role", "partial", "min_position", "max_position", "negative_positions")
+STRUCTURAL_KEYS = ("rope_type", "freqs_for", "xpos", "axial_axes", "mrope_interleaved")
+_CMP = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?[0-9.eE+]+)\s*$")
+_OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,
+        "<": operator.lt}
+
+
+def match_keys() -> set[str]:
+    """Every key a ``match`` table may use."""
+    from ropeconf.reference import RopeSpec
+
+    return set(RopeSpec.__dataclass_fields__) | set(CELL_KEYS) | set(CASE_KEYS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,27 +57,62 @@ class Divergence:
     upstream: str
     magnitude: str = ""
     source: str = ""
+    diagnosis: str = ""
+
+    def names(self, adapter: str, version: str) -> bool:
+        """Whether this entry is about ``adapter`` at ``version`` (before looking at any case)."""
+        return any(fnmatch.fnmatchcase(adapter, pat) for pat in self.adapter) and version_in(version, self.versions)
 
     def applies(self, adapter: str, version: str, fields: dict[str, Any]) -> bool:
-        if not any(fnmatch.fnmatchcase(adapter, pat) for pat in self.adapter):
-            return False
-        if not version_in(version, self.versions):
+        if not self.names(adapter, version):
             return False
         for key, want in self.match.items():
-            have = fields.get(key)
             wants = want if isinstance(want, list) else [want]
             if "*" in wants:
                 continue
+            have = fields.get(key)
             if isinstance(have, (list, tuple)):
                 have = list(have)
             if not any(_eq(have, w) for w in wants):
                 return False
         return True
 
+    def covers(self, cells: list[tuple[str, str, str]]) -> bool:
+        """Whether a run over ``cells`` (variant, dtype, device) reaches this entry's scope: a cell its
+        variant/dtype/device keys admit, of a variant whose structural keys (rope_type, freqs_for,
+        xpos, axial_axes, mrope_interleaved: what no case source varies) it admits."""
+        from ropeconf.reference.variants import VARIANTS
+
+        for cell in cells:
+            if not all(_cell_ok(self.match.get(k), v) for k, v in zip(CELL_KEYS, cell)):
+                continue
+            spec = VARIANTS[cell[0]].spec() if cell[0] in VARIANTS else None
+            if spec is None or all(_cell_ok(self.match.get(k), getattr(spec, k)) for k in STRUCTURAL_KEYS):
+                return True
+        return False
+
+    @property
+    def specificity(self) -> tuple[int, int]:
+        constrained = sum(1 for v in self.match.values() if v != "*" and not (isinstance(v, list) and "*" in v))
+        literal = int(all(not any(ch in pat for ch in "*?[") for pat in self.adapter))
+        return constrained, literal
+
+
+def _cell_ok(want: Any, have: str) -> bool:
+    if want is None:
+        return True
+    wants = want if isinstance(want, list) else [want]
+    return "*" in wants or any(_eq(have, w) for w in wants)
+
 
 def _eq(have: Any, want: Any) -> bool:
-    if isinstance(want, str) and isinstance(have, str):
-        return fnmatch.fnmatchcase(have, want)
+    if isinstance(want, str):
+        m = _CMP.match(want)
+        if m and isinstance(have, (int, float)) and not isinstance(have, bool):
+            return _OPS[m.group(1)](have, float(m.group(2)))
+        if isinstance(have, str):
+            return fnmatch.fnmatchcase(have, want)
+        return False
     return have == want
 
 
@@ -67,29 +128,51 @@ def version_in(version: str, spec: str) -> bool:
         return False
 
 
+class RegistryError(ValueError):
+    """A known-divergence file that cannot be trusted: malformed, unknown keys, duplicate ids."""
+
+
 def load(paths: list[Path] | None = None) -> list[Divergence]:
-    """Every entry of the given TOML files (default: conformance/known/*.toml)."""
+    """Every entry of the given TOML files (default: conformance/known/*.toml), validated."""
     files = paths if paths is not None else sorted(KNOWN_DIR.glob("*.toml"))
     out = []
+    allowed_match = match_keys()
     for f in files:
-        with open(f, "rb") as fh:
-            data = tomllib.load(fh)
+        try:
+            with open(f, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as e:
+            raise RegistryError(f"cannot read known-divergence file {f}: {e}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise RegistryError(f"known-divergence file {f} is not valid TOML: {e}") from None
+        unknown_top = sorted(set(data) - {"divergence"})
+        if unknown_top:
+            raise RegistryError(f"{f}: unknown top-level key(s) {unknown_top} (entries are [[divergence]] tables)")
         for i, e in enumerate(data.get("divergence", [])):
+            where = f"{f}: divergence #{i} ({e.get('id', '?')})"
             missing = [k for k in REQUIRED if k not in e]
             if missing:
-                raise ValueError(f"{f}: divergence #{i} lacks {missing}")
+                raise RegistryError(f"{where} lacks {missing}")
+            unknown = sorted(set(e) - set(REQUIRED) - set(OPTIONAL))
+            if unknown:
+                raise RegistryError(f"{where}: unknown key(s) {unknown}; valid: {sorted(REQUIRED + OPTIONAL)}")
+            if not isinstance(e["match"], dict):
+                raise RegistryError(f"{where}: match must be a table")
+            bad = sorted(set(e["match"]) - allowed_match)
+            if bad:
+                raise RegistryError(f"{where}: unknown match key(s) {bad}; valid: {sorted(allowed_match)}")
             adapters = e["adapter"] if isinstance(e["adapter"], list) else [e["adapter"]]
             out.append(Divergence(e["id"], tuple(adapters), e["library"], e["versions"], dict(e["match"]),
-                                  e["reason"], e["upstream"], e.get("magnitude", ""), f.name))
+                                  e["reason"], e["upstream"], e.get("magnitude", ""), f.name,
+                                  e.get("diagnosis", "")))
     ids = [d.id for d in out]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
-        raise ValueError(f"duplicate divergence ids: {sorted(dup)}")
+        raise RegistryError(f"duplicate divergence ids: {sorted(dup)}")
     return out
 
 
 def find(entries: list[Divergence], adapter: str, version: str, fields: dict[str, Any]) -> Divergence | None:
-    for e in entries:
-        if e.applies(adapter, version, fields):
-            return e
-    return None
+    """The most specific entry that matches a case (None when none does)."""
+    hits = [e for e in entries if e.applies(adapter, version, fields)]
+    return max(hits, key=lambda e: e.specificity) if hits else None

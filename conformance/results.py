@@ -87,6 +87,7 @@ class AdapterReport:
     seconds: float | None = None
     unavailable: str | None = None   # why the library cannot run here (every cell unavailable)
     crashed: str | None = None       # why the adapter failed outside a case (every cell error)
+    warnings: list[str] = dataclasses.field(default_factory=list)  # registry entries that matched nothing
 
     @classmethod
     def not_run(cls, name: str, cells: Iterable[tuple[str, str, str]], outcome: Outcome, why: str,
@@ -100,6 +101,7 @@ class AdapterReport:
         return rep
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("unavailable", "crashed") or v}
+        d = {k: v for k, v in dataclasses.asdict(self).items()
+             if k not in ("unavailable", "crashed", "warnings") or v}
         d["cells"] = [c.to_dict() for c in self.cells]
         return d

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -49,38 +52,64 @@ class Classifier:
     """The known-divergence registry as one adapter's cells see it: the one place cases become known/fixed."""
 
     def __init__(self, entries: list[registry.Divergence], adapter: str, version: str):
-        self.entries, self.adapter, self.version = entries, adapter, version
+        self.entries = [e for e in entries if e.names(adapter, version)]  # only this adapter's entries
+        self.adapter, self.version = adapter, version
+        self.used: set[str] = set()
+
+    @staticmethod
+    def _fields(r: CaseResult) -> dict[str, Any]:
+        return spec_fields(r.spec, r.variant, r.dtype, r.device, r.positions, r.role)
 
     def __call__(self, r: CaseResult) -> CaseResult:
-        """A diverging or erroring case that an entry matches is *known*."""
+        """A diverging or erroring case that an entry matches is *known* (under the most specific entry)."""
         if Outcome.of(r.outcome) in (Outcome.DIVERGES, Outcome.ERROR) and r.spec is not None:
-            e = registry.find(self.entries, self.adapter, self.version,
-                              spec_fields(r.spec, r.variant, r.dtype, r.device))
+            e = registry.find(self.entries, self.adapter, self.version, self._fields(r))
             if e:
                 r.outcome, r.known_id = Outcome.KNOWN, e.id
+                self.used.add(e.id)
         return r
 
     def close(self, results: list[CaseResult]) -> None:
         """An entry that matches judged cases of this cell but none of them diverges is *fixed*."""
         judged = [r for r in results if Outcome.of(r.outcome) not in (Outcome.UNSUPPORTED, Outcome.UNAVAILABLE)
                   and r.spec is not None]
+        fields = [self._fields(r) for r in judged]
         for e in self.entries:
-            matched = [r for r in judged
-                       if e.applies(self.adapter, self.version, spec_fields(r.spec, r.variant, r.dtype, r.device))]
+            matched = [r for r, f in zip(judged, fields) if e.applies(self.adapter, self.version, f)]
+            if matched:
+                self.used.add(e.id)  # it matched cases (even where a more specific entry is the one reported)
             if matched and not any(Outcome.of(r.outcome) in (Outcome.KNOWN, Outcome.DIVERGES, Outcome.ERROR)
                                    for r in matched):
                 for r in matched:
                     r.outcome, r.known_id = Outcome.FIXED, e.id
                     r.message = f"known divergence {e.id} no longer reproduces: remove it from {e.source}"
 
+    def unused(self, cells: list[tuple[str, str, str]]) -> list[str]:
+        """Warnings for entries of this adapter that a run over ``cells`` could reach but matched no case."""
+        return [f"registry entry {e.id} ({e.source}) matched no case of {self.adapter} {self.version} in this run"
+                for e in self.entries if e.id not in self.used and e.covers(cells)]
 
-def run_adapter(adapter: Adapter | str, cfg: RunConfig, progress: Callable[[str], None] | None = None
-                ) -> dict[str, Any]:
-    """Run every cell for one adapter in this process; returns its JSON-ready report."""
+
+def run_adapter(adapter: Adapter | str, cfg: RunConfig, progress: Callable[[str], None] | None = None,
+                on_case: Callable[[dict[str, Any]], None] | None = None,
+                on_cell: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run every cell for one adapter in this process; returns its JSON-ready report.
+
+    Failing to load the adapter, or ``availability()`` itself raising, is reported as the
+    adapter's *error* (every cell); only a reason returned by ``availability()`` (a module
+    it requires does not import) makes it *unavailable*.  ``on_case`` is told each case
+    before the adapter runs it and ``on_cell`` gets each finished cell with its cases (the
+    isolation worker journals both).
+    """
     t0 = time.time()
-    if isinstance(adapter, str):
-        adapter = load_adapter(adapter)
-    why = adapter.availability()
+    name = adapter if isinstance(adapter, str) else adapter.name
+    try:
+        if isinstance(adapter, str):
+            adapter = load_adapter(adapter)
+        why = adapter.availability()
+    except BaseException as e:  # noqa: BLE001 - a broken adapter is this adapter's error, never the run's end
+        return AdapterReport.not_run(name, cells_of(cfg), Outcome.ERROR,
+                                     f"loading the adapter failed: {type(e).__name__}: {e}").to_dict()
     if why:
         rep = AdapterReport.not_run(adapter.name, cells_of(cfg), Outcome.UNAVAILABLE, why, adapter.distribution,
                                     adapter.version())
@@ -93,19 +122,30 @@ def run_adapter(adapter: Adapter | str, cfg: RunConfig, progress: Callable[[str]
     sources = [s for s in SOURCES.values() if s.group not in cfg.skip]
     todo = cells_of(cfg)
     for done, (vname, dt, dev) in enumerate(todo, 1):
-        missing = adapter.device_unavailable(dev)
-        if missing:
-            report.cells.append(CellReport.uniform(vname, dt, dev, Outcome.UNAVAILABLE, missing))
-            continue
-        cell = Cell(adapter, VARIANTS[vname], dt, dev, cfg, classify, golden.get(vname, []))
-        results: list[CaseResult] = []
-        for source in sources:
-            results += source.cases(cell)
-        classify.close(results)
-        report.cells.append(CellReport.summarize(vname, dt, dev, results))
-        report.cases += [_slim(r) for r in results if Outcome.of(r.outcome) is not Outcome.UNSUPPORTED]
+        try:
+            missing = adapter.device_unavailable(dev)
+        except BaseException as e:  # noqa: BLE001 - the adapter's device probe failing is its error
+            missing = f"device check failed: {type(e).__name__}: {e}"
+            cell_report, cases = CellReport.uniform(vname, dt, dev, Outcome.ERROR, missing), []
+        else:
+            cell_report, cases = None, []
+            if missing:
+                cell_report = CellReport.uniform(vname, dt, dev, Outcome.UNAVAILABLE, missing)
+        if cell_report is None:
+            cell = Cell(adapter, VARIANTS[vname], dt, dev, cfg, classify, golden.get(vname, []), on_case)
+            results: list[CaseResult] = []
+            for source in sources:
+                results += source.cases(cell)
+            classify.close(results)
+            cell_report = CellReport.summarize(vname, dt, dev, results)
+            cases = [_slim(r) for r in results if Outcome.of(r.outcome) is not Outcome.UNSUPPORTED]
+        report.cells.append(cell_report)
+        report.cases += cases
+        if on_cell:
+            on_cell({"cell": cell_report.to_dict(), "cases": cases})
         if progress:
             progress(f"{adapter.name}: {done}/{len(todo)} cells")
+    report.warnings = classify.unused(todo)
     report.seconds = time.time() - t0
     return report.to_dict()
 
@@ -118,48 +158,173 @@ def _slim(r: CaseResult) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- isolation
+class _Worker:
+    """One adapter's worker process: its own session (process group), files, and what it last reported."""
+
+    def __init__(self, name: str, cfg: RunConfig, workdir: Path):
+        self.name, self.cfg = name, cfg
+        self.out, self.status, self.journal, self.log = (workdir / f"{_safe(name)}{ext}" for ext in
+                                                          (".json", ".status", ".jsonl", ".log"))
+        env = dict(os.environ)
+        env.update(adapter_env(name))
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        cmd = [sys.executable, "-m", "ropeconf.conformance.worker", "--adapter", name,
+               "--config", json.dumps(cfg.to_dict()), "--out", str(self.out), "--status", str(self.status),
+               "--journal", str(self.journal)]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.t0 = time.time()
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (its children too), then reap the worker."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.status.read_text(encoding="utf-8", errors="replace"))
+        except (OSError, ValueError):
+            return {}
+
+    def finished_cells(self) -> list[dict[str, Any]]:
+        cells = []
+        try:
+            lines = self.journal.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return cells
+        for line in lines:
+            try:
+                cells.append(json.loads(line))
+            except ValueError:
+                break  # a torn last line: the worker died while writing it
+        return cells
+
+    def tail(self) -> str:
+        try:
+            return self.log.read_bytes()[-4000:].decode("utf-8", errors="replace").strip()[-800:]
+        except OSError:
+            return ""
+
+    def broken(self, why: str) -> dict[str, Any]:
+        """The report of a worker that died or hung: finished cells kept, the rest an error naming why."""
+        done = self.finished_cells()
+        kept = {(c["cell"]["variant"], c["cell"]["dtype"], c["cell"]["device"]): c for c in done}
+        state = self.state()
+        case = state.get("case")
+        where = f" while running {json.dumps(case, separators=(',', ':'))}" if case else ""
+        rep = AdapterReport(self.name, state.get("library", "?"), state.get("version", "?"), crashed=why + where)
+        for v, dt, dev in cells_of(self.cfg):
+            if (v, dt, dev) in kept:
+                rep.cells.append(CellReport(**{**kept[(v, dt, dev)]["cell"],
+                                               "outcome": Outcome.of(kept[(v, dt, dev)]["cell"]["outcome"])}))
+                rep.cases += kept[(v, dt, dev)]["cases"]
+            elif state.get("cell") == [v, dt, dev]:
+                rep.cells.append(CellReport.uniform(v, dt, dev, Outcome.ERROR, why + where))
+            else:
+                rep.cells.append(CellReport.uniform(v, dt, dev, Outcome.ERROR, f"not run: {why}"))
+        rep.seconds = time.time() - self.t0
+        return rep.to_dict()
+
+
+def _exit_reason(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"worker killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"worker killed by signal {-rc}"
+    return f"worker exited with status {rc}"
+
+
 def run_isolated(names: list[str], cfg: RunConfig, jobs: int = 2,
                  progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Run each adapter in its own worker process; a crash or a hang becomes that adapter's error."""
+    """Run each adapter in its own worker process; a crash or a hang becomes that adapter's error.
+
+    Each worker is its own process group, killed whole on a timeout (``cfg.timeout`` per
+    adapter, ``cfg.case_timeout`` per adapter call), when this process gets SIGTERM or
+    SIGINT, and when it finishes; finished cells of a killed worker are kept.  The
+    temporary directory is removed at the end.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="ropeconf-run-"))
     pending = list(names)
-    running: dict[str, tuple[subprocess.Popen, float, Path, Path]] = {}
+    running: dict[str, _Worker] = {}
     reports: dict[str, dict[str, Any]] = {}
-    while pending or running:
-        while pending and len(running) < max(1, jobs):
-            name = pending.pop(0)
-            out, prog = workdir / f"{_safe(name)}.json", workdir / f"{_safe(name)}.progress"
-            env = dict(os.environ)
-            env.update(adapter_env(name))
-            env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-            cmd = [sys.executable, "-m", "ropeconf.conformance.worker", "--adapter", name,
-                   "--config", json.dumps(cfg.to_dict()), "--out", str(out), "--progress", str(prog)]
-            err = open(workdir / f"{_safe(name)}.stderr", "w")
-            proc = subprocess.Popen(cmd, env=env, stdout=err, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            running[name] = (proc, time.time(), out, prog)
-        time.sleep(0.2)
-        for name, (proc, t0, out, prog) in list(running.items()):
-            rc = proc.poll()
-            if rc is None and time.time() - t0 > cfg.timeout:
-                proc.kill()
-                proc.wait()
-                rc = "timeout"
-            if rc is None:
-                if progress and prog.exists():
-                    progress(prog.read_text().strip())
-                continue
-            del running[name]
-            if rc == 0 and out.exists():
-                reports[name] = json.loads(out.read_text())
-            else:
-                tail = (workdir / f"{_safe(name)}.stderr").read_text()[-2000:]
-                why = f"worker timed out after {cfg.timeout:.0f} s" if rc == "timeout" else f"worker exited with {rc}"
-                reports[name] = AdapterReport.not_run(name, cells_of(cfg), Outcome.ERROR,
-                                                      f"{why}: {tail.strip()[-800:]}").to_dict()
-            if progress:
-                c = reports[name].get("seconds")
-                progress(f"{name}: finished" + (f" in {c:.1f} s" if c else ""))
+
+    def stop_all(signum=None, frame=None):
+        for w in list(running.values()):
+            w.kill()
+        if signum is not None:
+            raise SystemExit(128 + signum)
+
+    old = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, stop_all)
+    try:
+        while pending or running:
+            while pending and len(running) < max(1, jobs):
+                name = pending.pop(0)
+                running[name] = _Worker(name, cfg, workdir)
+            time.sleep(0.1)
+            for name, w in list(running.items()):
+                rc = w.proc.poll()
+                report = None
+                if rc is None:
+                    state = w.state()
+                    now = time.time()
+                    if now - w.t0 > cfg.timeout:
+                        w.kill()
+                        report = w.broken(f"worker timed out after {cfg.timeout:g} s")
+                    elif state.get("case") and now - state.get("since", now) > cfg.case_timeout:
+                        w.kill()
+                        report = w.broken(f"an adapter call hung for more than {cfg.case_timeout:g} s (--case-timeout)")
+                    elif progress and state.get("progress"):
+                        progress(state["progress"])
+                    if report is None:
+                        continue
+                else:
+                    w.kill()  # the group: children a library left behind
+                    report = _read_report(w, rc)
+                del running[name]
+                reports[name] = report
+                if progress:
+                    c = report.get("seconds")
+                    progress(f"{name}: finished" + (f" in {c:.1f} s" if c else ""))
+    finally:
+        stop_all()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        shutil.rmtree(workdir, ignore_errors=True)
     return [reports[n] for n in names]
+
+
+def _read_report(w: _Worker, rc: int) -> dict[str, Any]:
+    if rc != 0:
+        tail = w.tail()
+        return w.broken(_exit_reason(rc) + (f": {tail}" if tail else ""))
+    try:
+        report = json.loads(w.out.read_text(encoding="utf-8"))
+        if not isinstance(report, dict) or report.get("adapter") != w.name or not isinstance(report.get("cells"), list):
+            raise ValueError("not an adapter report of this adapter")
+        for c in report["cells"]:
+            Outcome.of(c["outcome"])
+            for k in ("variant", "dtype", "device"):
+                if not isinstance(c[k], str):
+                    raise ValueError(f"cell {k} is not a string")
+        want = set(cells_of(w.cfg))
+        got = {(c["variant"], c["dtype"], c["device"]) for c in report["cells"]}
+        if got != want:
+            raise ValueError(f"the report covers {len(got)} cells, the run {len(want)}")
+        return report
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        why = f"the worker's result file is unreadable ({type(e).__name__}: {str(e)[:200]})"
+        return AdapterReport.not_run(w.name, cells_of(w.cfg), Outcome.ERROR, why).to_dict()
 
 
 def _safe(name: str) -> str:

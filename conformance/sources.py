@@ -22,7 +22,7 @@ from ropeconf.reference.variants import Variant
 
 from .adapter import Adapter, Unsupported
 from .config import RunConfig
-from .judge import angle_terms, judge, make_input, precision_for, run_adapter_call
+from .judge import angle_terms, check_output, judge, make_input, precision_for, run_adapter_call
 from .outcome import Outcome
 from .results import CaseResult
 from .tolerance import bound, pair_norm
@@ -33,11 +33,20 @@ class Cell:
     """One (adapter, variant, dtype, device) cell while it runs: what sources see."""
 
     def __init__(self, adapter: Adapter, variant: Variant, dtype: str, device: str, config: RunConfig,
-                 classify: Callable[[CaseResult], CaseResult], golden: list | None = None):
+                 classify: Callable[[CaseResult], CaseResult], golden: list | None = None,
+                 on_case: Callable[[dict[str, Any]], None] | None = None):
         self.adapter, self.variant, self.dtype, self.device, self.config = adapter, variant, dtype, device, config
         self.classify = classify
         self.golden = golden or []          # [(manifest entry, arrays)] of this variant
         self.precision = precision_for(adapter, dtype)
+        self.on_case = on_case or (lambda case: None)  # told each case before the adapter runs it
+
+    def _announce(self, source: str, case_id: str, spec: RopeSpec, positions: Any, seed: Any, role: str,
+                  heads: int) -> None:
+        case = ({"golden": case_id} if source == "golden" else
+                {"spec": spec.to_dict(), "positions": np.asarray(positions).tolist(), "seed": seed, "heads": heads})
+        self.on_case({"source": source, "variant": self.variant.name, **case, "dtype": self.dtype,
+                      "device": self.device, "role": role})
 
     def allows(self, spec: RopeSpec | dict) -> bool:
         """Whether ``--only`` admits a case of ``spec`` in this cell."""
@@ -46,6 +55,7 @@ class Cell:
     def judge(self, spec: RopeSpec, x: np.ndarray, positions: np.ndarray, *, source: str, case_id: str,
               seed: int | None = None, role: str = "query", expected: np.ndarray | None = None) -> CaseResult:
         """Run and judge one case against the reference (or ``expected``), classified against the registry."""
+        self._announce(source, case_id, spec, positions, seed, role, int(np.shape(x)[1]) if np.ndim(x) == 4 else 1)
         return self.classify(judge(self.adapter, spec, x, positions, dtype=self.dtype, device=self.device,
                                    role=role, variant=self.variant.name, source=source, case_id=case_id,
                                    seed=seed, expected=expected))
@@ -61,14 +71,16 @@ class Cell:
                 r.outcome, r.message = Outcome.DIVERGES, f"{source}: {detail} ({ratio:.3g} x tolerance)"
         except Unsupported as e:
             r.outcome, r.message = Outcome.UNSUPPORTED, str(e)
-        except Exception as e:
+        except BaseException as e:  # noqa: BLE001 - anything the adapter raises is this check's error
             r.outcome, r.message = Outcome.ERROR, f"{type(e).__name__}: {e}"
         return self.classify(r)
 
     # helpers for checks on the adapter's own outputs
     def call(self, spec: RopeSpec, x: np.ndarray, pos: np.ndarray, role: str = "query") -> np.ndarray:
-        return np.asarray(run_adapter_call(self.adapter, spec, x, pos, self.dtype, self.device, role),
-                          dtype=np.float64)
+        """The adapter's output for one call, checked (dtype, shape, real) and as float64."""
+        self._announce("metamorphic", "", spec, pos, None, role, int(x.shape[1]))
+        out = run_adapter_call(self.adapter, spec, x, pos, self.dtype, self.device, role)
+        return check_output(out, x.shape, self.dtype, self.precision)
 
     def tolerance(self, spec: RopeSpec, x: np.ndarray, pos: np.ndarray, role: str = "query") -> np.ndarray:
         y = np.asarray(apply(spec, x.astype(np.float64), pos, role=role))
@@ -76,19 +88,36 @@ class Cell:
         return bound(y, phi, spec.rotary_dim, spec.layout, self.precision, fac)
 
 
-def spec_fields(spec: RopeSpec | dict, variant: str, dtype: str, device: str) -> dict[str, Any]:
-    """Every spec key of a case plus variant, dtype and device: what ``--only`` and the registry match on."""
+def spec_fields(spec: RopeSpec | dict, variant: str, dtype: str, device: str, positions: Any = None,
+                role: str = "query") -> dict[str, Any]:
+    """What ``--only`` and the registry match on: every spec key of a case, its variant, dtype and
+    device, its role, ``partial`` and, when positions are given, their min/max and sign."""
     spec = spec if isinstance(spec, RopeSpec) else RopeSpec.from_dict(spec)
     f = dataclasses.asdict(spec)
-    f.update(variant=variant, dtype=dtype, device=device)
+    f.update(variant=variant, dtype=dtype, device=device, role=role, partial=spec.rotary_dim < spec.head_dim)
+    if positions is not None and np.size(positions):
+        p = np.asarray(positions)
+        f.update(min_position=int(p.min()), max_position=int(p.max()), negative_positions=bool(p.min() < 0))
     return f
 
 
 def only_admits(only: dict[str, list[str]], spec: RopeSpec | dict, variant: str, dtype: str, device: str) -> bool:
+    """Whether every ``--only`` key admits the case (numbers compare as numbers: rope_theta=10000 admits 10000.0)."""
     if not only:
         return True
     fields = spec_fields(spec, variant, dtype, device)
-    return all(str(fields.get(key)) in vals for key, vals in only.items())
+    return all(any(_same(fields.get(key), v) for v in vals) for key, vals in only.items())
+
+
+def _same(have: Any, want: str) -> bool:
+    if isinstance(have, (int, float)) and not isinstance(have, bool):
+        try:
+            return float(want) == float(have)
+        except ValueError:
+            return False
+    if isinstance(have, (list, tuple)):
+        return want in (str(list(have)), ",".join(str(v) for v in have))
+    return str(have) == want
 
 
 # ----------------------------------------------------------------------------- sources
@@ -140,7 +169,7 @@ def property_cases(cell: Cell) -> list[CaseResult]:
             failures.append(r)
             raise AssertionError(r.message)
 
-    test = given(property_case(variant, cell.adapter.capabilities))(body)
+    test = given(property_case(variant, cell.adapter.capabilities, cell.precision))(body)
     test.hypothesis.inner_test._hypothesis_internal_add_digest = \
         f"{cell.adapter.name}|{variant.name}|{cell.dtype}|{cell.device}".encode()
     db = DirectoryBasedExampleDatabase(cfg.database) if cfg.database else None

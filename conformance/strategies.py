@@ -18,6 +18,7 @@ from ropeconf.reference import RopeSpec
 from ropeconf.reference.variants import Variant
 
 from .adapter import Capabilities
+from .tolerance import Precision, judgeable_position_limit
 
 MAX_POSITION = 2 ** 20
 
@@ -38,11 +39,17 @@ def spec_for(draw, variant: Variant, caps: Capabilities) -> RopeSpec:
 
 
 @st.composite
-def positions_for(draw, variant: Variant, spec: RopeSpec, caps: Capabilities) -> np.ndarray:
-    """int64 positions (batch, seq[, streams]) of a kind the adapter accepts."""
+def positions_for(draw, variant: Variant, spec: RopeSpec, caps: Capabilities,
+                  precision: Precision | None = None) -> np.ndarray:
+    """int64 positions (batch, seq[, streams]) of a kind the adapter accepts, every one judgeable.
+
+    Positions stay below the precision's judgeable limit for the spec (where the
+    tolerance would reach the pair's size and no output could be told wrong).
+    """
     batch = draw(st.integers(1, 2), label="batch")
     seq = draw(st.integers(1, 12), label="seq")
-    top = min(MAX_POSITION, variant.max_position, caps.max_position or MAX_POSITION) - seq
+    limit = judgeable_position_limit(spec, precision) if precision is not None else float("inf")
+    top = int(min(MAX_POSITION, variant.max_position, caps.max_position or MAX_POSITION, limit)) - seq
     top = max(top, 0)
     anchors = [0, top] + [t + d for t in variant.thresholds(spec) for d in (-seq, -seq + 1, 0)]
     anchors = [a for a in anchors if 0 <= a <= top]
@@ -67,9 +74,9 @@ def positions_for(draw, variant: Variant, spec: RopeSpec, caps: Capabilities) ->
 
 
 @st.composite
-def property_case(draw, variant: Variant, caps: Capabilities) -> dict[str, Any]:
+def property_case(draw, variant: Variant, caps: Capabilities, precision: Precision | None = None) -> dict[str, Any]:
     spec = draw(spec_for(variant, caps))
-    positions = draw(positions_for(variant, spec, caps))
+    positions = draw(positions_for(variant, spec, caps, precision))
     heads = draw(st.integers(1, 3), label="heads")
     seed = draw(st.integers(0, 2 ** 31 - 1), label="seed")
     return {"spec": spec, "positions": positions, "heads": heads, "seed": seed}

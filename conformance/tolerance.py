@@ -60,8 +60,10 @@ class Precision:
     working: str                   # dtype of the rotation arithmetic
 
     @classmethod
-    def conventional(cls, dtype: str, angle: str | None = None, compute: str | None = None) -> "Precision":
-        return cls(dtype, angle or default_angle_dtype(dtype), compute or dtype, dtype)
+    def conventional(cls, dtype: str, angle: str | None = None, compute: str | None = None,
+                     output: str | None = None) -> "Precision":
+        """The tested ``dtype`` with the declared angle / compute / output dtypes (None: conventional)."""
+        return cls(output or dtype, angle or default_angle_dtype(dtype), compute or dtype, dtype)
 
 
 def angle_error_factor(spec) -> "np.ndarray":
@@ -132,6 +134,44 @@ def bound(expected: np.ndarray, phi: np.ndarray, rotary_dim: int, layout: str,
     rot_term = pn * (angle_factor * u_a * phi + C_CS * u_a + C_C * u_c + C_W * u_w)
     tol = np.where(rotated, rot_term, 0.0) + u_o * np.abs(y)
     return np.maximum(tol, TINY[precision.dtype])
+
+
+def relative_rotation_tolerance(phi: np.ndarray, precision: Precision,
+                                angle_factor: np.ndarray | float = C_PHI) -> np.ndarray:
+    """The rotated part of the tolerance relative to the pair norm, per element (same shape as phi)."""
+    u_a, u_c, u_w = (UNIT_ROUNDOFF[d] for d in (precision.angle, precision.compute, precision.working))
+    return angle_factor * u_a * phi + C_CS * u_a + C_C * u_c + C_W * u_w
+
+
+def unjudgeable(phi: np.ndarray, rotary_dim: int, precision: Precision,
+                angle_factor: np.ndarray | float = C_PHI) -> np.ndarray:
+    """Rotated elements whose tolerance reaches the size of their pair: no output there can be told wrong
+    from right by its rotation (any angle is within the bound), so they are not judged (docs/tolerance.md)."""
+    rel = relative_rotation_tolerance(phi, precision, angle_factor)
+    mask = np.zeros(np.shape(rel), dtype=bool)
+    mask[..., :rotary_dim] = np.asarray(rel)[..., :rotary_dim] >= 1.0
+    return mask
+
+
+def judgeable_position_limit(spec, precision: Precision) -> float:
+    """The largest |position| at which every rotated pair of ``spec`` stays judgeable under ``precision``.
+
+    From tol_rel(p) = fac_j u_a |p omega_j| + C_CS u_a + C_C u_c + C_W u_w < 1 for every pair j
+    (the attention factor and xPos scale cancel in the relative tolerance).  inf when no pair rotates
+    with position (all omega = 0) or the constant terms alone reach 1 (then: 0).
+    """
+    from ropeconf.reference import inv_freq
+
+    u_a = UNIT_ROUNDOFF[precision.angle]
+    const = C_CS * u_a + C_C * UNIT_ROUNDOFF[precision.compute] + C_W * UNIT_ROUNDOFF[precision.working]
+    if const >= 1.0:
+        return 0.0
+    omega, _ = inv_freq(spec, spec.original_max_position_embeddings if spec.original_max_position_embeddings else None)
+    if spec.rope_type == "longrope":  # the long set applies past L0 and can be faster
+        omega = np.maximum(omega, inv_freq(spec, spec.original_max_position_embeddings + 1)[0])
+    rate = angle_error_factor(spec) * u_a * np.abs(omega)
+    top = float(np.max(rate)) if rate.size else 0.0
+    return float("inf") if top == 0.0 else (1.0 - const) / top
 
 
 def error_ratio(actual: np.ndarray, expected: np.ndarray, tol: np.ndarray) -> np.ndarray:

@@ -1,16 +1,69 @@
-"""Worker process: runs one adapter's cells and writes its JSON report (see runner.run_isolated)."""
+"""Worker process: runs one adapter's cells and writes its JSON report (see runner.run_isolated).
+
+It imports the adapter itself (never the parent), limits its own address space
+(``--memory-limit``), and keeps two files the parent reads when it has to kill
+it or when it dies: ``--status`` (the cell and case running now, rewritten
+atomically before each adapter call) and ``--journal`` (one JSON line per
+finished cell).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
-from .config import RunConfig
+from .config import RunConfig, memory_bytes
 from .outcome import Outcome
 from .results import AdapterReport
 from .runner import cells_of, run_adapter
+
+
+def apply_memory_limit(cfg: RunConfig) -> int | None:
+    """Set RLIMIT_AS from ``cfg.memory_limit`` ('auto': 3/4 of physical memory, off for CUDA runs)."""
+    import resource
+
+    spec = cfg.memory_limit
+    if spec == "off" or (spec == "auto" and "cuda" in cfg.devices):  # CUDA maps device memory into the space
+        return None
+    if spec == "auto":
+        try:
+            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 3 // 4
+        except (ValueError, OSError):
+            return None
+    else:
+        limit = memory_bytes(spec)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    return limit
+
+
+class _Files:
+    def __init__(self, status: str | None, journal: str | None):
+        self.status, self.journal = status, journal
+        self.state: dict = {"since": time.time()}
+
+    def write_status(self, **changes) -> None:
+        self.state.update(changes)
+        if not self.status:
+            return
+        tmp = f"{self.status}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.state, f)
+        os.replace(tmp, self.status)
+
+    def on_case(self, case: dict) -> None:
+        self.write_status(case=case, cell=[case["variant"], case["dtype"], case["device"]], since=time.time())
+
+    def on_cell(self, entry: dict) -> None:
+        if self.journal:
+            with open(self.journal, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry) + "\n")
+        self.write_status(case=None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,24 +71,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--adapter", required=True)
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--progress")
+    ap.add_argument("--status")
+    ap.add_argument("--journal")
     a = ap.parse_args(argv)
     cfg = RunConfig.from_dict(json.loads(a.config))
+    files = _Files(a.status, a.journal)
+    limit = apply_memory_limit(cfg)
+    files.write_status(memory_limit=limit)
     last = [0.0]
 
     def progress(msg: str) -> None:
-        if a.progress and time.time() - last[0] > 0.5:
+        if time.time() - last[0] > 0.5:
             last[0] = time.time()
-            with open(a.progress, "w") as f:
-                f.write(msg)
+            files.write_status(progress=msg)
 
     try:
-        report = run_adapter(a.adapter, cfg, progress)
-    except Exception as e:  # loading the adapter failed: report it, do not crash the run
-        report = AdapterReport.not_run(a.adapter, cells_of(cfg), Outcome.UNAVAILABLE,
-                                       f"{type(e).__name__}: {e}").to_dict()
-    with open(a.out, "w") as f:
+        report = run_adapter(a.adapter, cfg, progress, on_case=files.on_case, on_cell=files.on_cell)
+    except BaseException as e:  # noqa: BLE001 - run_adapter reports adapter failures itself; this is ours
+        report = AdapterReport.not_run(a.adapter, cells_of(cfg), Outcome.ERROR,
+                                       f"the suite failed: {type(e).__name__}: {e}").to_dict()
+    tmp = f"{a.out}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(report, f)
+    os.replace(tmp, a.out)
     return 0
 
 

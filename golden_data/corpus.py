@@ -20,6 +20,7 @@ import io
 import json
 import os
 import shutil
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -29,8 +30,9 @@ import numpy as np
 
 from ropeconf.reference.dtypes import DTYPES, round_to  # noqa: F401  (round_to: public re-export)
 
-SCHEMA_VERSION = 1
-CORPUS_VERSION = "1.0.0"
+SCHEMA_VERSION = 2        # 2: the manifest declares case_count; verify checks every file's structure
+CORPUS_VERSION = "1.1.0"  # 1.1.0: llama3 specs carry low/high_freq_factor (now required); arrays unchanged
+_SEED_SALT = 1            # part of every case's RNG seed: the arrays depend on it, never on SCHEMA_VERSION
 DEFAULT_DIR = Path(__file__).resolve().parent
 INPUT_DTYPES = DTYPES
 BATCH, HEADS, SEQ = 2, 1, 8
@@ -82,7 +84,7 @@ def case_grid() -> list[dict[str, Any]]:
                 spec = variant.spec(head_dim=head, rotary_dim=rot, layout=layout)
                 for kind in POSITION_KINDS:
                     seed += 1
-                    rng = np.random.default_rng([SCHEMA_VERSION, seed])
+                    rng = np.random.default_rng([_SEED_SALT, seed])
                     pos = _positions(kind, variant, spec, rng)
                     if pos is None:
                         continue
@@ -103,7 +105,7 @@ def compute_case(case: dict[str, Any]) -> dict[str, np.ndarray]:
     from ropeconf.reference import RopeSpec, apply, cos_sin, xpos_scale
 
     spec = RopeSpec.from_dict(case["spec"])
-    rng = np.random.default_rng([SCHEMA_VERSION, case["seed"], 7])
+    rng = np.random.default_rng([_SEED_SALT, case["seed"], 7])
     x = rng.standard_normal((BATCH, HEADS, SEQ, spec.head_dim))
     pos = case["positions"]
     arrays: dict[str, np.ndarray] = {"positions": pos}
@@ -148,6 +150,7 @@ def _manifest(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "layout": {"x": "(batch, heads, seq, head_dim)", "positions": "(batch, seq[, streams]) int64",
                    "bfloat16": "stored as uint16 bit patterns", "expected": "float64"},
         "input_dtypes": list(INPUT_DTYPES),
+        "case_count": len(entries),
         "cases": entries,
     }
 
@@ -183,13 +186,19 @@ def _case_blob(case: dict[str, Any]) -> bytes:
 
 
 def regenerate(out: str | os.PathLike | None = None, jobs: int = 1) -> Path:
-    """Write the corpus atomically: build in a temp dir beside ``out``, then rename over it.
+    """Write the corpus: build it in a temp dir beside ``out``, then swap it in.
 
-    An interrupted run leaves the old corpus untouched.  Only ``cases/`` and
+    The swap is three renames (old ``cases/`` aside, new ``cases/`` in, new
+    ``manifest.json`` over the old one); :func:`recover` completes or undoes a swap
+    that was interrupted, and runs first here, in :func:`verify` and in
+    :func:`read_manifest`, so an interrupted regeneration never leaves a corpus
+    without ``cases/`` or with a manifest that does not describe them.  Stale temp
+    dirs of earlier interrupted runs are removed.  Only ``cases/`` and
     ``manifest.json`` are replaced; other files in ``out`` (this module) stay.
     """
     out = Path(out) if out else DEFAULT_DIR
     out.mkdir(parents=True, exist_ok=True)
+    recover(out)
     files, manifest = build(jobs)
     tmp = Path(tempfile.mkdtemp(prefix=".golden-tmp-", dir=out))
     try:
@@ -199,8 +208,7 @@ def regenerate(out: str | os.PathLike | None = None, jobs: int = 1) -> Path:
             p.write_bytes(blob)
         (tmp / "manifest.json").write_bytes(manifest)
         old = out / ".golden-old"
-        if old.exists():
-            shutil.rmtree(old)
+        (tmp / _SWAP).write_text("swapping")       # marks the temp dir as the one the swap takes from
         if (out / "cases").exists():
             os.rename(out / "cases", old)
         os.rename(tmp / "cases", out / "cases")
@@ -212,6 +220,31 @@ def regenerate(out: str | os.PathLike | None = None, jobs: int = 1) -> Path:
     return out
 
 
+_SWAP = "SWAP-IN-PROGRESS"
+
+
+def recover(path: str | os.PathLike | None = None) -> list[str]:
+    """Complete or undo an interrupted :func:`regenerate` swap; remove stale temp dirs.  Returns what it did."""
+    path = Path(path) if path else DEFAULT_DIR
+    done: list[str] = []
+    old = path / ".golden-old"
+    swaps = sorted(p for p in path.glob(".golden-tmp-*") if (p / _SWAP).exists())
+    if old.exists():
+        if not (path / "cases").exists():
+            os.rename(old, path / "cases")   # stopped after moving the old cases aside: put them back
+            done.append("restored the previous cases/ (the swap had stopped half-way)")
+        else:
+            pending = next((s / "manifest.json" for s in swaps if (s / "manifest.json").exists()), None)
+            if pending is not None:          # new cases in place, their manifest not yet: move it in
+                os.replace(pending, path / "manifest.json")
+                done.append("completed an interrupted swap (moved the new manifest.json in)")
+            shutil.rmtree(old, ignore_errors=True)
+    for stale in path.glob(".golden-tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+        done.append(f"removed stale {stale.name}")
+    return done
+
+
 def read_manifest(path: str | os.PathLike | None = None) -> dict[str, Any]:
     path = Path(path) if path else DEFAULT_DIR
     with open(path / "manifest.json", "rb") as f:
@@ -219,41 +252,135 @@ def read_manifest(path: str | os.PathLike | None = None) -> dict[str, Any]:
 
 
 def verify(path: str | os.PathLike | None = None, recompute: bool = False) -> list[str]:
-    """Problems found (empty when the corpus is intact): bad hash, missing, unexpected, schema.
+    """Problems found (empty when the corpus is intact).  Nothing in the manifest is trusted further than
+    checked: schema and declared case count, every case's fields and spec, file paths (relative, inside
+    ``cases/``, regular files), SHA-256, and each npz's structure (opened with ``allow_pickle=False``:
+    the expected array names, dtypes and shapes for its spec).  No file is left unlisted.
 
-    With ``recompute`` every case is recomputed from the reference; stored and
+    With ``recompute`` every case is also recomputed from the reference; stored and
     recomputed arrays must agree to 4 ulp of the pair norm (exact on the
     platform that generated them; libm's last bit may differ elsewhere).
     """
     path = Path(path) if path else DEFAULT_DIR
-    problems: list[str] = []
+    if (path / ".golden-old").exists() or any(path.glob(".golden-tmp-*")):
+        return [f"an interrupted regeneration left {path}/.golden-old or .golden-tmp-*: run "
+                f"`ropeconf golden regenerate` (it recovers) before using this corpus"]
     try:
         man = read_manifest(path)
     except FileNotFoundError:
         return [f"missing: {path / 'manifest.json'}"]
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return [f"bad manifest.json: {e}"]
+    if not isinstance(man, dict):
+        return ["bad manifest.json: not a JSON object"]
+    problems: list[str] = []
     if man.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"schema_version {man.get('schema_version')!r} != supported {SCHEMA_VERSION}")
-    for key in ("corpus_version", "reference_version", "cases"):
+    for key in ("corpus_version", "reference_version", "cases", "case_count"):
         if key not in man:
             problems.append(f"manifest.json lacks {key!r}")
-    listed = {c["file"]: c for c in man.get("cases", [])}
-    on_disk = {p.relative_to(path).as_posix() for p in (path / "cases").glob("**/*") if p.is_file()} \
-        if (path / "cases").exists() else set()
+    cases = man.get("cases")
+    if not isinstance(cases, list) or not cases:
+        return problems + ["manifest.json lists no cases: an empty corpus checks nothing"]
+    if man.get("case_count") != len(cases):
+        problems.append(f"manifest.json declares case_count={man.get('case_count')!r} but lists {len(cases)} cases")
+    cases_dir = (path / "cases").resolve()
+    listed: dict[str, dict] = {}
+    for i, case in enumerate(cases):
+        bad = _case_entry_problem(case)
+        if bad:
+            problems.append(f"manifest case #{i}: {bad}")
+            continue
+        f = case["file"]
+        target = (path / f).resolve()
+        if Path(f).is_absolute() or ".." in Path(f).parts or cases_dir not in target.parents:
+            problems.append(f"manifest case {case['id']}: file {f!r} is not a relative path inside cases/")
+            continue
+        if f in listed:
+            problems.append(f"manifest case {case['id']}: file {f!r} listed twice")
+            continue
+        listed[f] = case
+    ids = [c.get("id") for c in cases if isinstance(c, dict)]
+    if len(set(ids)) != len(ids):
+        problems.append("manifest.json repeats case ids")
+    on_disk = {p.relative_to(path).as_posix() for p in (path / "cases").glob("**/*") if not p.is_dir()} \
+        if (path / "cases").is_dir() else set()
     for f in sorted(on_disk - set(listed)):
         problems.append(f"unexpected: {f}")
     for f, case in sorted(listed.items()):
         fp = path / f
-        if not fp.exists():
+        try:
+            st = os.lstat(fp)
+        except FileNotFoundError:
             problems.append(f"missing: {f}")
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            problems.append(f"not a regular file: {f}")
             continue
         if _sha256(fp.read_bytes()) != case["sha256"]:
             problems.append(f"bad hash: {f}")
             continue
+        try:
+            arrays = load_case(path, case)
+        except Exception as e:  # noqa: BLE001 - a file that passes its hash but does not load is a problem
+            problems.append(f"unreadable: {f}: {type(e).__name__}: {e}")
+            continue
+        problems += [f"{f}: {p}" for p in _structure_problems(case, arrays)]
         if recompute:
-            problems += _recompare(case, load_case(path, case))
+            problems += _recompare(case, arrays)
     return problems
+
+
+def _case_entry_problem(case: Any) -> str | None:
+    from ropeconf.reference import RopeSpec
+    from ropeconf.reference.variants import VARIANTS
+
+    if not isinstance(case, dict):
+        return "not an object"
+    missing = [k for k in ("id", "variant", "file", "spec", "seed", "shapes", "sha256") if k not in case]
+    if missing:
+        return f"lacks {missing}"
+    if not isinstance(case["file"], str) or not isinstance(case["sha256"], str):
+        return "file and sha256 must be strings"
+    if case["variant"] not in VARIANTS:
+        return f"unknown variant {case['variant']!r}"
+    try:
+        RopeSpec.from_dict(case["spec"])
+    except (TypeError, ValueError) as e:
+        return f"invalid spec: {e}"
+    shapes = case["shapes"]
+    if not isinstance(shapes, dict) or not all(isinstance(shapes.get(k), list) for k in ("x", "positions")):
+        return "shapes must give x and positions"
+    return None
+
+
+def expected_arrays(case: dict[str, Any]) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Name -> (dtype, shape) of every array a case's npz must hold (and nothing else)."""
+    from ropeconf.reference import RopeSpec
+
+    spec = RopeSpec.from_dict(case["spec"])
+    x, pos = tuple(case["shapes"]["x"]), tuple(case["shapes"]["positions"])
+    table = (pos[:-1] if spec.n_streams > 1 else pos) + (spec.n_pairs,)
+    out = {"positions": ("int64", pos), "cos": ("float64", table), "sin": ("float64", table)}
+    for dt in INPUT_DTYPES:
+        out[f"x_{dt}"] = ("uint16" if dt == "bfloat16" else dt, x)
+        out[f"expected_{dt}"] = ("float64", x)
+        if spec.xpos:
+            out[f"expected_key_{dt}"] = ("float64", x)
+    if spec.xpos:
+        out["xpos_scale_query"] = ("float64", table)
+    return out
+
+
+def _structure_problems(case: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[str]:
+    want = expected_arrays(case)
+    out = [f"lacks array {k}" for k in sorted(set(want) - set(arrays))]
+    out += [f"unexpected array {k}" for k in sorted(set(arrays) - set(want))]
+    for k in sorted(set(want) & set(arrays)):
+        dt, shape = want[k]
+        if arrays[k].dtype != np.dtype(dt) or tuple(arrays[k].shape) != shape:
+            out.append(f"array {k} is {arrays[k].dtype}{list(arrays[k].shape)}, expected {dt}{list(shape)}")
+    return out
 
 
 def _recompare(case: dict[str, Any], stored: dict[str, np.ndarray]) -> list[str]:
@@ -275,8 +402,12 @@ def _recompare(case: dict[str, Any], stored: dict[str, np.ndarray]) -> list[str]
 
 
 def load_case(path: str | os.PathLike | None, case: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The arrays of one case (``allow_pickle=False``; its file must lie inside ``cases/``)."""
     path = Path(path) if path else DEFAULT_DIR
-    with np.load(path / case["file"], allow_pickle=False) as z:
+    f = Path(case["file"])
+    if f.is_absolute() or ".." in f.parts or (path / "cases").resolve() not in (path / f).resolve().parents:
+        raise ValueError(f"golden case file {case['file']!r} is not a relative path inside cases/")
+    with np.load(path / f, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
 

@@ -57,8 +57,8 @@ class RopeSpec:
     truncate: bool = True
     short_factor: tuple[float, ...] | None = None
     long_factor: tuple[float, ...] | None = None
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
+    low_freq_factor: float | None = None   # llama3: required (HF validation requires both)
+    high_freq_factor: float | None = None
     longrope_switch: str = "sequence"      # "sequence": HF (max position decides); "position": MAX
     # --- xPos ----------------------------------------------------------------
     xpos: bool = False

@@ -26,7 +26,10 @@ class Variant:
     relative: bool = True                   # <R_m q, R_n k> depends only on m - n
     streams: int = 1                        # trailing positions axis (axial / M-RoPE)
     min_rotary_dim: int = 2
-    max_position: int = 2 ** 24             # beyond it the variant is not meaningful in float64
+    # the largest position golden and property cases use: beyond it the variant is not meaningful in
+    # float64 (xPos overflows), or a float32-angle implementation could not be judged (its tolerance
+    # reaches the pair's size, docs/tolerance.md "Judgeable positions")
+    max_position: int = 2 ** 24
 
     def spec(self, head_dim: int = 64, rotary_dim: int | None = None, layout: str = "half",
              **overrides: Any) -> RopeSpec:
@@ -95,7 +98,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("llama3", "ll3", {"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192,
                        "low_freq_factor": 1.0, "high_freq_factor": 4.0, "rope_theta": 500000.0},
             "Llama 3.1 apply_scaling (meta-llama/llama-models)"),
-    Variant("pixel", "pix", {"freqs_for": "pixel", "max_freq": 10.0}, "rotary-embedding-torch freqs_for='pixel'"),
+    # pixel frequencies reach pi * max_freq / 2 ~ 15.7: float32 angles are judgeable up to ~1.3e5
+    Variant("pixel", "pix", {"freqs_for": "pixel", "max_freq": 10.0}, "rotary-embedding-torch freqs_for='pixel'",
+            max_position=2 ** 16),
     Variant("constant", "const", {"freqs_for": "constant"}, "rotary-embedding-torch freqs_for='constant'"),
     Variant("custom", "cust", {"freqs_for": "custom", "inv_freq": _custom_freqs}, "explicit / learned inv_freq"),
     # xPos scales grow like zeta^(+-seq_len/(2*B)): past ~5e5 tokens they overflow float64.
@@ -103,7 +108,7 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
             relative=True, max_position=2 ** 15),
     Variant("axial2d", "ax2d", {"axial_axes": 2, "freqs_for": "pixel", "max_freq": 10.0},
             "Axial 2-D RoPE, arXiv:2403.13298; rotary-embedding-torch get_axial_freqs", streams=2,
-            min_rotary_dim=4),
+            min_rotary_dim=4, max_position=2 ** 16),
     Variant("mrope", "mrope", {"mrope_section": _mrope_sections, "rope_theta": 1000000.0},
             "M-RoPE (Qwen2-VL), arXiv:2409.12191", streams=3, min_rotary_dim=6),
     Variant("mrope-interleaved", "mropI", {"mrope_section": _mrope_sections, "mrope_interleaved": True,

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ropeconf.conformance.cli import build_parser
+from ropeconf.conformance.outcome import EXIT_CODES
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
@@ -21,8 +22,8 @@ def render() -> str:
     ap = build_parser()
     parts = ["# CLI reference", "",
              "Generated from the real `--help` by `python scripts/gen_cli_docs.py`; do not edit by hand.", "",
-             "Exit codes: 0 nothing diverges outside the known-divergence registry; 1 something diverges, "
-             "a library raised, or a known divergence got fixed; 2 usage or configuration error.", "",
+             "Exit codes (`ropeconf run`, `report merge`; `replay` uses 0, 1, 2 and 3 for an unavailable "
+             "adapter):", "", *[f"* {code}: {text}" for code, text in EXIT_CODES.items()], "",
              "## ropeconf", "", "```", ap.format_help().rstrip(), "```", ""]
 
     def walk(p: argparse.ArgumentParser, prefix: str) -> None:

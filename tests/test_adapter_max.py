@@ -122,7 +122,8 @@ def test_declared_unsupported(spec, dtype, device, positions, what):
     (RopeSpec(rope_type="dynamic", factor=4.0, original_max_position_embeddings=2048), None),
     (RopeSpec(rope_type="yarn", factor=40.0, original_max_position_embeddings=4096, mscale=0.707,
               mscale_all_dim=1.0), None),
-    (RopeSpec(rope_type="llama3", factor=8.0, original_max_position_embeddings=8192), None),
+    (RopeSpec(rope_type="llama3", factor=8.0, original_max_position_embeddings=8192, low_freq_factor=1.0,
+              high_freq_factor=4.0), None),
 ])
 def test_declared_supported(spec, positions):
     assert MaxRotary().why_unsupported(spec, "float32", "cpu", positions) is None

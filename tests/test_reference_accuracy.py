@@ -258,7 +258,7 @@ CATALOGUE = {
     "longrope-position": dict(head_dim=96, rope_type="longrope", factor=32.0, original_max_position_embeddings=4096,
                               short_factor=PHI3_SHORT, long_factor=PHI3_LONG, longrope_switch="position"),
     "llama3": dict(head_dim=128, rope_type="llama3", rope_theta=500000.0, factor=8.0,
-                   original_max_position_embeddings=8192),
+                   original_max_position_embeddings=8192, low_freq_factor=1.0, high_freq_factor=4.0),
     "pixel": dict(head_dim=32, freqs_for="pixel", max_freq=256.0),
     "pixel-linear-1pair": dict(head_dim=2, rope_type="linear", factor=2.0, freqs_for="pixel", max_freq=64.0),
     "constant": dict(head_dim=16, freqs_for="constant", num_freqs=8),

@@ -47,7 +47,8 @@ def raises_naming(exc, *names, match_all=True):
 YARN = dict(head_dim=64, rope_type="yarn", factor=4.0, original_max_position_embeddings=4096)
 LONGROPE = dict(head_dim=8, rope_type="longrope", factor=4.0, original_max_position_embeddings=4096,
                 short_factor=[1.0, 1.0, 1.0, 1.0], long_factor=[1.0, 2.0, 3.0, 4.0])
-LLAMA3 = dict(head_dim=64, rope_type="llama3", factor=8.0, original_max_position_embeddings=8192)
+LLAMA3 = dict(head_dim=64, rope_type="llama3", factor=8.0, original_max_position_embeddings=8192,
+              low_freq_factor=1.0, high_freq_factor=4.0)
 DYNAMIC = dict(head_dim=64, rope_type="dynamic", factor=2.0, original_max_position_embeddings=2048)
 
 

@@ -83,7 +83,7 @@ def test_isolation_crash_hang_and_missing_library_do_not_stop_the_run(toy_env):
              "toy_rope.faulty:raising_adapter", "toy_rope.faulty:MissingLibraryAdapter", "toy_rope:rope_adapter"]
     reps = run_isolated(names, cfg, jobs=2)
     out = {r["adapter"]: r["cells"][0] for r in reps}
-    assert out[names[0]]["outcome"] == "error" and "exited with 139" in out[names[0]]["message"]
+    assert out[names[0]]["outcome"] == "error" and "exited with status 139" in out[names[0]]["message"]
     assert out[names[1]]["outcome"] == "error" and "timed out" in out[names[1]]["message"]
     assert out[names[2]]["outcome"] == "error" and "kernel not implemented" in out[names[2]]["message"]
     assert out[names[3]]["outcome"] == "unavailable" and "no_such_module_for_ropeconf" in out[names[3]]["message"]
@@ -178,12 +178,20 @@ def test_pytest_plugin_gates_and_writes_junit(pytester, toy_env):
             "--ropeconf-variants=default,linear", "--ropeconf-dtype=float32", "--ropeconf-max-examples=3",
             "-p", "no:cacheprovider", "-p", "no:randomly"]
     ok = pytester.runpytest_subprocess(*args, "--ropeconf-adapter=toy_rope:rope_adapter", f"--junitxml={junit}")
-    ok.assert_outcomes(passed=1, skipped=1)
+    ok.assert_outcomes(passed=2, skipped=1)  # default cell, the adapter as a whole; linear is unsupported
     assert junit.exists() and "testcase" in junit.read_text()
     bad = pytester.runpytest_subprocess(*args, "--ropeconf-adapter=toy_rope:buggy_adapter",
                                         "--ropeconf-dtype=bfloat16")
-    bad.assert_outcomes(failed=1, skipped=1)
+    bad.assert_outcomes(failed=1, passed=1, skipped=1)
     bad.stdout.fnmatch_lines(["*diverges*", "*ropeconf replay*"])
+    # an adapter named here that judges nothing (every cell unsupported) fails, unless --ropeconf-allow-empty
+    empty = pytester.runpytest_subprocess(*args, "--ropeconf-adapter=toy_rope:rope_adapter",
+                                          "--ropeconf-variants=linear")
+    empty.assert_outcomes(failed=1, skipped=1)
+    empty.stdout.fnmatch_lines(["*named explicitly but judged no case*"])
+    allowed = pytester.runpytest_subprocess(*args, "--ropeconf-adapter=toy_rope:rope_adapter",
+                                            "--ropeconf-variants=linear", "--ropeconf-allow-empty")
+    allowed.assert_outcomes(passed=1, skipped=1)
 
 
 def _planted(fn):
