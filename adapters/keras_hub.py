@@ -253,7 +253,7 @@ class KerasHubJax(KerasHubRotary):
 
     def _pad(self, x: np.ndarray, pos: np.ndarray, spec: RopeSpec):
         b, h, s, _ = x.shape
-        pb, ph = max(b, 2), max(h, 4)
+        pb, ph = max(2, 1 << max(0, b - 1).bit_length()), max(h, 4)
         ps = s if spec.rope_type == "longrope" else max(8, 1 << max(0, s - 1).bit_length())
         if (pb, ph, ps) == (b, h, s):
             return x, pos

@@ -248,8 +248,31 @@ class Adapter:
         """The library call for one case (already checked against the declaration)."""
         raise NotImplementedError(f"{type(self).__name__} implements neither call() nor run()")
 
+    def instance(self, spec: RopeSpec, dtype: str, device: str = "cpu") -> Any:
+        """Optional: a live object of the library for ``spec`` whose ``run(x, positions, role)`` the suite
+        calls repeatedly, the way inference reuses one module (its caches, its dynamic state).
+
+        ``x`` of a later call may be in another declared dtype (dtype switches).  Return None
+        (the default) when the library has no state across calls: the suite then drives
+        ``run`` call by call, which still exposes process-wide caches.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"<adapter {self.name}>"
+
+
+class CallInstance:
+    """What the suite drives when an adapter has no ``instance``: one ``run`` per call, same spec."""
+
+    def __init__(self, adapter: Adapter, spec: RopeSpec, device: str):
+        self.adapter, self.spec, self.device = adapter, spec, device
+
+    def run(self, x: np.ndarray, positions: np.ndarray, role: str = "query") -> Any:
+        from ropeconf.reference.dtypes import name_of
+
+        return self.adapter.run(x, positions, self.spec, dtype=name_of(np.asarray(x).dtype) or "float64",
+                                device=self.device, role=role)
 
 
 class FunctionAdapter(Adapter):

@@ -333,11 +333,26 @@ def cmd_replay(args: argparse.Namespace) -> int:
     case = parse_replay_case(args.case)
     resolve_adapter_names([args.adapter])
     adapter = load_adapter(args.adapter)
+    declared = dict(getattr(adapter, "env", {}) or {})
+    if any(os.environ.get(k) != v for k, v in declared.items()):  # a module:attr adapter's own env
+        import subprocess
+
+        argv = [sys.executable, "-m", "ropeconf.conformance.cli", "replay", "--adapter", args.adapter,
+                "--case", args.case]
+        return subprocess.run(argv, env={**os.environ, **declared}).returncode
     why = adapter.availability()
     if why:
         print(f"{adapter.name}: unavailable: {why}", file=sys.stderr)
         return EXIT_NOT_CHECKED
     dtype, device, role = case["dtype"], case["device"], case["role"]
+    if "scenario" in case:
+        from .sources import run_scenario
+
+        results = run_scenario(adapter, case["scenario"], device)
+        for r in results:
+            print(json.dumps({"case": r.case_id, "dtype": r.dtype, "outcome": Outcome.of(r.outcome).value,
+                              "max_ratio": r.max_ratio, "message": r.message}, default=str))
+        return EXIT_FAIL if any(Outcome.of(r.outcome).fails for r in results) else EXIT_OK
     if "golden" in case:
         from ropeconf.golden_data import corpus
 
@@ -390,6 +405,19 @@ def parse_replay_case(text: str) -> dict[str, Any]:
         if not isinstance(case["golden"], str):
             raise UsageError("--case golden must be a golden case id (a string)")
         return {**out, "golden": case["golden"]}
+    if "scenario" in case:
+        sc = case["scenario"]
+        try:
+            if not isinstance(sc, dict) or not isinstance(sc.get("calls"), list) or not sc["calls"]:
+                raise ValueError("needs kind, instances and a non-empty list of calls")
+            specs = [RopeSpec.from_dict(s) for s in sc["instances"]]
+            for k, c in enumerate(sc["calls"]):
+                if not 0 <= int(c["instance"]) < len(specs) or c.get("dtype", "float32") not in DTYPES:
+                    raise ValueError(f"call {k}: instance out of range or unknown dtype")
+                np.asarray(c["positions"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
+            raise UsageError(f"--case scenario: {e}") from None
+        return {**out, "scenario": {"kind": sc.get("kind", "replay"), "instances": specs, "calls": sc["calls"]}}
     missing = [k for k in ("spec", "positions") if k not in case]
     if missing:
         raise UsageError(f"--case lacks {missing} (or give a golden case id as \"golden\")")

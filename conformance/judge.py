@@ -20,7 +20,8 @@ from ropeconf.reference.dtypes import MAX_FINITE, name_of, round_to
 from .adapter import Adapter, Unsupported
 from .outcome import Outcome
 from .results import CaseResult
-from .tolerance import Precision, angle_error_factor, angle_magnitude, bound, error_ratio, pair_norm, unjudgeable
+from .tolerance import (Precision, angle_error_factor, angle_magnitude, bound, error_ratio, pair_norm, unjudgeable,
+                        xpos_error_factor)
 
 
 class OutputError(ValueError):
@@ -61,12 +62,16 @@ def check_output(actual: Any, shape: tuple[int, ...], dtype: str, precision: Pre
     return act.astype(np.float64)
 
 
-def angle_terms(spec: RopeSpec, positions: np.ndarray, x_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Per element of x: |phi| and the angle-error multiplier (tolerance.angle_error_factor)."""
+def angle_terms(spec: RopeSpec, positions: np.ndarray, x_shape: tuple[int, ...]):
+    """Per element of x: |phi|, the angle-error multiplier (tolerance.angle_error_factor) and the
+    magnitude-error multiplier (tolerance.xpos_error_factor)."""
+    p = np.asarray(positions)
+    seq_len = int(p.max()) + 1 if p.size else None
     a = np.asarray(angles(spec, positions))               # (batch, seq, r/2)
     per_elem = angle_magnitude(a, spec.rotary_dim, spec.head_dim, spec.layout)  # (batch, seq, D)
-    fac = angle_magnitude(angle_error_factor(spec), spec.rotary_dim, spec.head_dim, spec.layout)  # (D,)
-    return np.broadcast_to(per_elem[:, None], x_shape), fac
+    fac = angle_magnitude(angle_error_factor(spec, seq_len), spec.rotary_dim, spec.head_dim, spec.layout)  # (D,)
+    xs = angle_magnitude(xpos_error_factor(spec, p, seq_len), spec.rotary_dim, spec.head_dim, spec.layout)
+    return np.broadcast_to(per_elem[:, None], x_shape), fac, np.broadcast_to(xs[:, None], x_shape)
 
 
 def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.ndarray,
@@ -77,10 +82,10 @@ def compare(spec: RopeSpec, actual: Any, expected: np.ndarray, positions: np.nda
     ``worst["unjudgeable"]`` counts them and ``worst["rotated"]`` counts the rotated elements.
     """
     act = check_output(actual, expected.shape, dtype or precision.dtype, precision)
-    phi, fac = angle_terms(spec, positions, expected.shape)
-    tol = bound(expected, phi, spec.rotary_dim, spec.layout, precision, fac)
+    phi, fac, xs = angle_terms(spec, positions, expected.shape)
+    tol = bound(expected, phi, spec.rotary_dim, spec.layout, precision, fac, xs)
     ratio = error_ratio(act, expected, tol)
-    blind = unjudgeable(phi, spec.rotary_dim, precision, fac)
+    blind = unjudgeable(phi, spec.rotary_dim, precision, fac, xs)
     ratio = np.where(blind, 0.0, ratio)
     # A value beyond the dtype's range (xPos scales at long positions) cannot be represented:
     # overflowing to inf (or the largest finite value) of the right sign is the correct answer.

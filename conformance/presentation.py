@@ -18,6 +18,8 @@ from .outcome import Outcome
 def replay_case(minimal: dict[str, Any] | None, dtype: str, device: str) -> dict[str, Any] | None:
     """The ``ropeconf replay --case`` object of a cell's minimal case (None when it cannot be replayed)."""
     m = minimal or {}
+    if m.get("scenario"):
+        return {"scenario": m["scenario"], "device": device}
     if m.get("source") == "golden":
         return {"golden": m["case_id"], "dtype": dtype, "device": device, "role": m.get("role") or "query"}
     if m.get("spec") is None or m.get("positions") is None:

@@ -10,8 +10,10 @@ which fails the run so the entry gets removed.
 
 ``match`` keys: every RopeSpec key, ``variant``, ``dtype``, ``device``, and the
 case's ``role`` (query/key), ``partial`` (rotary_dim < head_dim),
-``min_position`` / ``max_position`` (of the case's positions) and
-``negative_positions``.  A value is one value, a list of values, ``"*"`` (any),
+``min_position`` / ``max_position`` (of the case's positions),
+``negative_positions`` and ``source`` (golden, property, stateful,
+metamorphic:<check>: a divergence that needs state across calls is scoped to
+``source = "stateful"``).  A value is one value, a list of values, ``"*"`` (any),
 an fnmatch pattern for strings, or a comparison for numbers (``">=1000"``,
 ``"<0"``).  Unknown entry or match keys are errors, and so is a malformed file.
 When several entries match a case, the most specific one (most constrained match
@@ -32,7 +34,7 @@ KNOWN_DIR = Path(__file__).resolve().parent / "known"
 REQUIRED = ("id", "adapter", "library", "versions", "match", "reason", "upstream")
 OPTIONAL = ("magnitude", "diagnosis")
 CELL_KEYS = ("variant", "dtype", "device")
-CASE_KEYS = ("role", "partial", "min_position", "max_position", "negative_positions")
+CASE_KEYS = ("role", "partial", "min_position", "max_position", "negative_positions", "source")
 STRUCTURAL_KEYS = ("rope_type", "freqs_for", "xpos", "axial_axes", "mrope_interleaved")
 _CMP = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?[0-9.eE+]+)\s*$")
 _OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, "!=": operator.ne, ">": operator.gt,

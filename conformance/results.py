@@ -33,10 +33,14 @@ class CaseResult:
     worst: dict[str, Any] | None = None      # position, pair, element of the worst error
     profile: dict[str, Any] | None = None    # error vs position / frequency index (for plots)
     known_id: str | None = None
+    scenario: dict[str, Any] | None = None   # the call sequence of a stateful case (replayable)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        # shallow: the fields are JSON-ready already (asdict's deep copy of the profiles cost per case)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["outcome"] = Outcome.of(self.outcome).value
+        if d["scenario"] is None:
+            d.pop("scenario")
         return d
 
 
@@ -101,7 +105,7 @@ class AdapterReport:
         return rep
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in dataclasses.asdict(self).items()
-             if k not in ("unavailable", "crashed", "warnings") or v}
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+             if f.name not in ("unavailable", "crashed", "warnings") or getattr(self, f.name)}
         d["cells"] = [c.to_dict() for c in self.cells]
         return d

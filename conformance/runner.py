@@ -58,7 +58,7 @@ class Classifier:
 
     @staticmethod
     def _fields(r: CaseResult) -> dict[str, Any]:
-        return spec_fields(r.spec, r.variant, r.dtype, r.device, r.positions, r.role)
+        return spec_fields(r.spec, r.variant, r.dtype, r.device, r.positions, r.role, r.source)
 
     def __call__(self, r: CaseResult) -> CaseResult:
         """A diverging or erroring case that an entry matches is *known* (under the most specific entry)."""
@@ -233,6 +233,28 @@ class _Worker:
         return rep.to_dict()
 
 
+def _no_gpu_for(name: str, cfg: RunConfig) -> str | None:
+    """Why a built-in adapter that runs only on CUDA cannot run on this machine at all, or None.
+
+    Decided without importing the library: the adapter's declared devices (a class attribute)
+    and the absence of any NVIDIA device node; anything else is left to its worker.
+    """
+    from ropeconf.adapters import BUILTIN
+
+    if name not in BUILTIN or any(os.path.exists(p) for p in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/dxg")):
+        return None
+    try:
+        import importlib
+
+        mod, _, attr = BUILTIN[name].partition(":")
+        devices = getattr(importlib.import_module(mod), attr).capabilities.devices
+    except Exception:  # noqa: BLE001 - its worker will report whatever this is
+        return None
+    if set(devices) == {"cuda"}:
+        return "needs a CUDA GPU: this machine has none (no /dev/nvidiactl)"
+    return None
+
+
 def _exit_reason(rc: int) -> str:
     if rc < 0:
         try:
@@ -262,6 +284,13 @@ def run_isolated(names: list[str], cfg: RunConfig, jobs: int = 2,
         if signum is not None:
             raise SystemExit(128 + signum)
 
+    for name in list(pending):  # GPU-only built-ins on a machine with no GPU at all: no worker to start
+        why = _no_gpu_for(name, cfg)
+        if why:
+            pending.remove(name)
+            reports[name] = AdapterReport.not_run(name, cells_of(cfg), Outcome.UNAVAILABLE, why).to_dict()
+            if progress:
+                progress(f"{name}: finished")
     old = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

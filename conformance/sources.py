@@ -22,7 +22,7 @@ from ropeconf.reference.variants import Variant
 
 from .adapter import Adapter, Unsupported
 from .config import RunConfig
-from .judge import angle_terms, check_output, judge, make_input, precision_for, run_adapter_call
+from .judge import angle_terms, check_output, compare, judge, make_input, precision_for, run_adapter_call
 from .outcome import Outcome
 from .results import CaseResult
 from .tolerance import bound, pair_norm
@@ -84,17 +84,21 @@ class Cell:
 
     def tolerance(self, spec: RopeSpec, x: np.ndarray, pos: np.ndarray, role: str = "query") -> np.ndarray:
         y = np.asarray(apply(spec, x.astype(np.float64), pos, role=role))
-        phi, fac = angle_terms(spec, pos, y.shape)
-        return bound(y, phi, spec.rotary_dim, spec.layout, self.precision, fac)
+        phi, fac, xs = angle_terms(spec, pos, y.shape)
+        return bound(y, phi, spec.rotary_dim, spec.layout, self.precision, fac, xs)
+
+
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(RopeSpec))
 
 
 def spec_fields(spec: RopeSpec | dict, variant: str, dtype: str, device: str, positions: Any = None,
-                role: str = "query") -> dict[str, Any]:
+                role: str = "query", source: str | None = None) -> dict[str, Any]:
     """What ``--only`` and the registry match on: every spec key of a case, its variant, dtype and
-    device, its role, ``partial`` and, when positions are given, their min/max and sign."""
+    device, its role, ``partial``, its source and, when positions are given, their min/max and sign."""
     spec = spec if isinstance(spec, RopeSpec) else RopeSpec.from_dict(spec)
-    f = dataclasses.asdict(spec)
-    f.update(variant=variant, dtype=dtype, device=device, role=role, partial=spec.rotary_dim < spec.head_dim)
+    f = {name: getattr(spec, name) for name in _SPEC_FIELDS}  # shallow: asdict's deep copy costs per case
+    f.update(variant=variant, dtype=dtype, device=device, role=role, partial=spec.rotary_dim < spec.head_dim,
+             source=source)
     if positions is not None and np.size(positions):
         p = np.asarray(positions)
         f.update(min_position=int(p.min()), max_position=int(p.max()), negative_positions=bool(p.min() < 0))
@@ -130,7 +134,8 @@ class CaseSource:
 
 
 def golden_cases(cell: Cell) -> list[CaseResult]:
-    """Every golden case of the cell's variant, against its stored expected output."""
+    """Every golden case of the cell's variant, against its stored expected output; for xPos specs
+    (where query and key differ) in both roles."""
     from ropeconf.golden_data.corpus import input_array
 
     out = []
@@ -138,16 +143,18 @@ def golden_cases(cell: Cell) -> list[CaseResult]:
         if not cell.allows(case["spec"]):
             continue
         spec = RopeSpec.from_dict(case["spec"])
-        out.append(cell.judge(spec, input_array(arrays, cell.dtype), arrays["positions"], source="golden",
-                              case_id=case["id"], expected=arrays[f"expected_{cell.dtype}"]))
+        x = input_array(arrays, cell.dtype)
+        for role, key in (("query", f"expected_{cell.dtype}"), ("key", f"expected_key_{cell.dtype}")):
+            if key in arrays:
+                out.append(cell.judge(spec, x, arrays["positions"], source="golden", case_id=case["id"],
+                                      expected=arrays[key], role=role))
     return out
 
 
 def property_cases(cell: Cell) -> list[CaseResult]:
     """Hypothesis cases drawn within the adapter's declaration; a failure is shrunk to the smallest case."""
-    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import given
     from hypothesis import seed as hseed
-    from hypothesis.database import DirectoryBasedExampleDatabase
 
     from .strategies import property_case
 
@@ -161,7 +168,7 @@ def property_cases(cell: Cell) -> list[CaseResult]:
             return
         pos = case["positions"]
         x = make_input(spec, pos.shape[0], case["heads"], pos.shape[1], cell.dtype, case["seed"])
-        r = cell.judge(spec, x, pos, source="property", seed=case["seed"],
+        r = cell.judge(spec, x, pos, source="property", seed=case["seed"], role=case["role"],
                        case_id=f"property:{variant.name}:{cell.dtype}:{cell.device}")
         r.worst = {**(r.worst or {}), "heads": case["heads"]}
         results.append(r)
@@ -169,25 +176,163 @@ def property_cases(cell: Cell) -> list[CaseResult]:
             failures.append(r)
             raise AssertionError(r.message)
 
-    test = given(property_case(variant, cell.adapter.capabilities, cell.precision))(body)
-    test.hypothesis.inner_test._hypothesis_internal_add_digest = \
-        f"{cell.adapter.name}|{variant.name}|{cell.dtype}|{cell.device}".encode()
-    db = DirectoryBasedExampleDatabase(cfg.database) if cfg.database else None
-    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]  # no slow "explain" phase
-    test = settings(max_examples=cfg.examples, deadline=None, database=db, derandomize=cfg.seed is None,
-                    phases=phases, suppress_health_check=list(HealthCheck), print_blob=False,
-                    report_multiple_bugs=False)(test)
-    if cfg.seed is not None:
-        test = hseed(cfg.seed)(test)
     try:
+        test = given(property_case(variant, cell.adapter.capabilities, cell.precision))(body)
+        test.hypothesis.inner_test._hypothesis_internal_add_digest = \
+            f"{cell.adapter.name}|{variant.name}|{cell.dtype}|{cell.device}".encode()
+        test = _hypothesis_settings(cell, cfg.examples)(test)
+        if cfg.seed is not None:
+            test = hseed(cfg.seed)(test)
         test()
-    except Exception:
-        pass  # the failing examples are in `failures`; the last one is the shrunk minimum
+    except Exception as e:  # noqa: BLE001
+        if not failures:  # not a case that failed: the source itself broke; that fails, it never passes
+            return results + [_source_error(cell, "property", e)]
     if failures:
         minimal = failures[-1]
         minimal.case_id += ":minimal"
         return [r for r in results if not Outcome.of(r.outcome).fails] + [minimal]
     return results
+
+
+def _source_error(cell: Cell, source: str, e: BaseException) -> CaseResult:
+    import traceback
+
+    r = CaseResult(cell.adapter.name, cell.variant.name, cell.dtype, cell.device, source, f"{source}:source",
+                   Outcome.ERROR, message=f"the case source {source} failed: {type(e).__name__}: {e}",
+                   worst={"traceback": traceback.format_exc(limit=-4)})
+    return cell.classify(r)
+
+
+def _hypothesis_settings(cell: Cell, examples: int):
+    from hypothesis import HealthCheck, Phase, settings
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    cfg = cell.config
+    db = DirectoryBasedExampleDatabase(cfg.database) if cfg.database else None
+    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink]  # no slow "explain" phase
+    return settings(max_examples=examples, deadline=None, database=db, derandomize=cfg.seed is None,
+                    phases=phases, suppress_health_check=list(HealthCheck), print_blob=False,
+                    report_multiple_bugs=False)
+
+
+def run_scenario(adapter: Adapter, scenario: dict[str, Any], device: str, variant: str = "",
+                 on_case: Callable[[dict[str, Any]], None] | None = None,
+                 classify: Callable[[CaseResult], CaseResult] | None = None,
+                 dtype: str | None = None) -> list[CaseResult]:
+    """Play a call sequence on fresh live instances (``Adapter.instance``, else one ``run`` per call),
+    judging every call against the reference for exactly that call; stops at the first failing call.
+
+    With ``dtype`` (a cell's), calls in other dtypes are made (they set up the state a dtype
+    switch leaves behind) but judged only in their own dtype's cell.
+    """
+    from .adapter import CallInstance
+
+    specs = [s if isinstance(s, RopeSpec) else RopeSpec.from_dict(s) for s in scenario["instances"]]
+    live: dict[int, Any] = {}
+    out: list[CaseResult] = []
+    replay = scenario_json(scenario)
+    for k, c in enumerate(scenario["calls"]):
+        spec, dt, role = specs[c["instance"]], c["dtype"], c.get("role", "query")
+        pos = np.asarray(c["positions"], dtype=np.int64)
+        x = make_input(spec, pos.shape[0], c.get("heads", 1), pos.shape[1], dt, c.get("seed", k + 1))
+        r = CaseResult(adapter.name, variant, dt, device, "stateful", f"stateful:{scenario['kind']}:call{k}",
+                       Outcome.CONFORMS, spec=spec.to_dict(), positions=pos.tolist(), seed=c.get("seed"), role=role,
+                       scenario=replay)
+        try:
+            why = adapter.why_unsupported(spec, dt, device, pos)
+            if why:
+                r.outcome, r.message = Outcome.UNSUPPORTED, f"call {k}: {why}"
+                out.append(r)
+                continue
+            if on_case:
+                on_case({"source": "stateful", "variant": variant, "scenario": replay, "call": k, "dtype": dt,
+                         "device": device, "role": role})
+            inst = live.get(c["instance"])
+            if inst is None:
+                inst = adapter.instance(spec, dt, device) or CallInstance(adapter, spec, device)
+                live[c["instance"]] = inst
+            if dtype is not None and dt != dtype:  # a set-up call of a dtype switch: made, judged elsewhere
+                try:
+                    inst.run(np.array(x, copy=True), np.array(pos, copy=True), role)
+                except Exception:  # noqa: BLE001 - its failure belongs to its own dtype's cell
+                    pass
+                continue
+            expected = np.asarray(apply(spec, x.astype(np.float64), pos, role=role))
+            actual = inst.run(np.array(x, copy=True), np.array(pos, copy=True), role)
+            actual = actual.cpu() if hasattr(actual, "cpu") and not isinstance(actual, np.ndarray) else actual
+            ratio, abs_err, worst, profile = compare(spec, actual, expected, pos, precision_for(adapter, dt), dt)
+        except Unsupported as e:
+            r.outcome, r.message = Outcome.UNSUPPORTED, f"call {k}: {e}"
+            out.append(r)
+            continue
+        except BaseException as e:  # noqa: BLE001 - anything the library raises is this call's error
+            r.outcome, r.message = Outcome.ERROR, f"call {k} of {len(scenario['calls'])}: {type(e).__name__}: {e}"
+        else:
+            r.max_ratio, r.max_abs_error, r.worst, r.profile = ratio, abs_err, worst, profile
+            if not ratio <= 1.0:
+                r.outcome = Outcome.DIVERGES
+                r.message = (f"call {k} of {len(scenario['calls'])} ({scenario['kind']}): max error {abs_err:.3g} = "
+                             f"{ratio:.3g} x tolerance at position {worst['position']}, pair {worst['pair']}")
+        r = classify(r) if classify else r
+        out.append(r)
+        if Outcome.of(r.outcome).fails:
+            break
+    return out
+
+
+def scenario_json(scenario: dict[str, Any]) -> dict[str, Any]:
+    """The JSON form of a scenario (``ropeconf replay --case '{"scenario": ...}'`` plays it again)."""
+    return {"kind": scenario["kind"],
+            "instances": [s.to_dict() if isinstance(s, RopeSpec) else dict(s) for s in scenario["instances"]],
+            "calls": [{**c, "positions": np.asarray(c["positions"]).tolist()} for c in scenario["calls"]]}
+
+
+def stateful_cases(cell: Cell) -> list[CaseResult]:
+    """Call sequences on live instances, shrunk to the shortest failing sequence (``strategies.scenario_for``)."""
+    from hypothesis import given
+    from hypothesis import seed as hseed
+
+    from .strategies import scenario_for, scenario_kinds
+
+    cfg, variant = cell.config, cell.variant
+    others = tuple(d for d in cell.adapter.capabilities.dtypes if d != cell.dtype)
+    kinds = scenario_kinds(variant, cell.adapter.capabilities, others)
+    out: list[CaseResult] = []
+    for kind in kinds:  # every kind runs (at least once): none is left to chance
+        results: list[CaseResult] = []
+        failures: list[CaseResult] = []
+
+        def body(scenario: dict[str, Any]) -> None:
+            if not all(cell.allows(s) for s in scenario["instances"]):
+                return
+            rs = run_scenario(cell.adapter, scenario, cell.device, variant.name, cell.on_case, cell.classify,
+                              cell.dtype)
+            results.extend(rs)
+            bad = [r for r in rs if Outcome.of(r.outcome).fails]
+            if bad:
+                failures.append(bad[-1])
+                raise AssertionError(bad[-1].message)
+
+        try:
+            test = given(scenario_for(variant, cell.adapter.capabilities, cell.precision, cell.dtype, others,
+                                      kind))(body)
+            test.hypothesis.inner_test._hypothesis_internal_add_digest = \
+                f"stateful|{kind}|{cell.adapter.name}|{variant.name}|{cell.dtype}|{cell.device}".encode()
+            # ci (8 examples per cell): one sequence per kind, whose first draw is built to be telling
+            test = _hypothesis_settings(cell, max(1, cfg.examples // (2 * len(kinds))))(test)
+            if cfg.seed is not None:
+                test = hseed(cfg.seed)(test)
+            test()
+        except Exception as e:  # noqa: BLE001
+            if not failures:  # not a case that failed: the source itself broke; that fails, it never passes
+                out.append(_source_error(cell, f"stateful:{kind}", e))
+        if failures:
+            minimal = failures[-1]
+            minimal.case_id += ":minimal"
+            out += [r for r in results if not Outcome.of(r.outcome).fails] + [minimal]
+        else:
+            out += results
+    return out
 
 
 # --- metamorphic checks: properties of the adapter's own outputs; the reference only scales the tolerance
@@ -291,8 +436,10 @@ SOURCES: dict[str, CaseSource] = {s.name: s for s in [
     CaseSource("golden", "golden", golden_cases, "the golden corpus (stored expected outputs)"),
     CaseSource("property", "properties", property_cases, "hypothesis cases within the adapter's declaration"),
     offset_composition, relative_invariance, norm_preservation, layout_identity,
+    CaseSource("stateful", "stateful", stateful_cases,
+               "call sequences on live instances: decode, ragged rows, growing past L0, dtype switches, two specs"),
 ]}
 # --no-<group> switches and what they skip
 GROUPS: dict[str, str] = {"golden": "golden-data cases", "properties": "hypothesis cases",
-                          "metamorphic": "metamorphic checks"}
+                          "metamorphic": "metamorphic checks", "stateful": "stateful call sequences"}
 assert {s.group for s in SOURCES.values()} <= set(GROUPS)

@@ -38,6 +38,7 @@ rounded to (``compute_dtype``, e.g. float32 tables applied to float64 input).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -66,25 +67,65 @@ class Precision:
         return cls(output or dtype, angle or default_angle_dtype(dtype), compute or dtype, dtype)
 
 
-def angle_error_factor(spec) -> "np.ndarray":
+def angle_error_factor(spec, seq_len: int | None = None) -> "np.ndarray":
     """Per pair: kappa (C_PHI + |ln omega0|) + extra, the multiplier of u_a |phi| (see the module doc).
 
     omega0 is the unscaled geometric frequency (its exponent 2i/r is rounded); kappa and
     extra are the rope type's conditioning (``RopeType.conditioning``: Llama 3's
-    smoothing band, YaRN's ramp; 1 and 0 for a formula that does not amplify).
+    smoothing band, YaRN's ramp, NTK's scaled base; 1 and 0 for a formula that does not
+    amplify).  ``seq_len`` (default: L0) selects the frequencies of length-dependent types.
+    The result is cached per (spec, seq_len) and read-only.
     """
-    from ropeconf.reference import RopeSpec, inv_freq
-    from ropeconf.reference.frequencies import ROPE_TYPES, SCALING_KEYS
+    from ropeconf.reference import RopeSpec
+    from ropeconf.reference.frequencies import ROPE_TYPES
 
     spec = spec if isinstance(spec, RopeSpec) else RopeSpec.from_dict(spec)
+    return _angle_error_factor(spec, seq_len if ROPE_TYPES[spec.rope_type].length_dependent else None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _angle_error_factor(spec, seq_len: int | None) -> "np.ndarray":
+    from ropeconf.reference import inv_freq
+    from ropeconf.reference.frequencies import ROPE_TYPES, SCALING_KEYS
+
     if spec.freqs_for != "lang":
-        return np.full(spec.n_pairs, C_PHI)
+        out = np.full(spec.n_pairs, C_PHI)
+        out.flags.writeable = False
+        return out
     unscaled = {k: v for k, v in spec.to_dict().items() if k not in SCALING_KEYS}
     w0, _ = inv_freq({**unscaled, "rope_type": "default"})
     rt = ROPE_TYPES[spec.rope_type]
-    w = inv_freq(spec, spec.original_max_position_embeddings if rt.length_dependent else None)[0]
+    w = inv_freq(spec, (seq_len or spec.original_max_position_embeddings) if rt.length_dependent else None)[0]
     kappa, extra = rt.conditioning(spec, w0, w)
-    return kappa * (C_PHI + np.abs(np.log(w0))) + extra
+    out = kappa * (C_PHI + np.abs(np.log(w0))) + extra
+    out.flags.writeable = False  # cached: shared by every caller
+    return out
+
+
+C_X = 3.0  # the xPos scale's own roundings: zeta (2), pow (1 + libm)
+
+
+def xpos_error_factor(spec, positions: np.ndarray, seq_len: int | None = None) -> np.ndarray:
+    """Per (position, pair): the relative error of a conventional xPos scale, in units of u_a.
+
+    scale = zeta_j ** ((p - c) / B) with zeta_j = (2j + 0.4 r) / (1.4 r) and power = (p - c)/B
+    formed in the angle dtype: zeta's 2 roundings and the power's division (1) are amplified
+    by the power and by |ln zeta| (d ln scale = ln(zeta) d power + power d zeta / zeta), and
+    pow rounds once more: |power| (|ln zeta_j| + 2) + C_X.  0 for specs without xPos.
+    """
+    p = np.asarray(positions, dtype=np.float64)
+    if p.ndim == 3:
+        p = p[..., 0]
+    n = spec.n_pairs
+    if not spec.xpos:
+        return np.zeros(p.shape + (n,))
+    r = spec.rotary_dim
+    if seq_len is None:
+        seq_len = int(p.max()) + 1 if p.size else 0
+    c = spec.xpos_center if spec.xpos_center is not None else float(seq_len // 2)
+    power = np.abs(p - c)[..., None] / spec.xpos_scale_base
+    ln_zeta = np.abs(np.log((2 * np.arange(n) + 0.4 * r) / (1.4 * r)))
+    return power * (ln_zeta + 2.0) + C_X
 
 
 def pair_norm(y: np.ndarray, rotary_dim: int, layout: str) -> np.ndarray:
@@ -117,11 +158,14 @@ def angle_magnitude(positions_angles: np.ndarray, rotary_dim: int, head_dim: int
 
 
 def bound(expected: np.ndarray, phi: np.ndarray, rotary_dim: int, layout: str,
-          precision: Precision, angle_factor: np.ndarray | float = C_PHI) -> np.ndarray:
+          precision: Precision, angle_factor: np.ndarray | float = C_PHI,
+          scale_factor: np.ndarray | float = 0.0) -> np.ndarray:
     """Elementwise tolerance for ``expected`` (float64) given per-element |phi| (same shape).
 
     ``angle_factor``: per element (or scalar) multiplier of u_a |phi|, from
     :func:`angle_error_factor` expanded like ``phi``; C_PHI alone by default.
+    ``scale_factor``: per element relative error of the output's magnitude (xPos scale) in
+    units of u_a, from :func:`xpos_error_factor` expanded like ``phi``.
     """
     u_a = UNIT_ROUNDOFF[precision.angle]
     u_c = UNIT_ROUNDOFF[precision.compute]
@@ -131,28 +175,30 @@ def bound(expected: np.ndarray, phi: np.ndarray, rotary_dim: int, layout: str,
     pn = pair_norm(y, rotary_dim, layout)
     rotated = np.zeros(y.shape, dtype=bool)
     rotated[..., :rotary_dim] = True  # both layouts rotate the first rotary_dim features
-    rot_term = pn * (angle_factor * u_a * phi + C_CS * u_a + C_C * u_c + C_W * u_w)
+    rot_term = pn * (angle_factor * u_a * phi + scale_factor * u_a + C_CS * u_a + C_C * u_c + C_W * u_w)
     tol = np.where(rotated, rot_term, 0.0) + u_o * np.abs(y)
     return np.maximum(tol, TINY[precision.dtype])
 
 
 def relative_rotation_tolerance(phi: np.ndarray, precision: Precision,
-                                angle_factor: np.ndarray | float = C_PHI) -> np.ndarray:
+                                angle_factor: np.ndarray | float = C_PHI,
+                                scale_factor: np.ndarray | float = 0.0) -> np.ndarray:
     """The rotated part of the tolerance relative to the pair norm, per element (same shape as phi)."""
     u_a, u_c, u_w = (UNIT_ROUNDOFF[d] for d in (precision.angle, precision.compute, precision.working))
-    return angle_factor * u_a * phi + C_CS * u_a + C_C * u_c + C_W * u_w
+    return angle_factor * u_a * phi + scale_factor * u_a + C_CS * u_a + C_C * u_c + C_W * u_w
 
 
 def unjudgeable(phi: np.ndarray, rotary_dim: int, precision: Precision,
-                angle_factor: np.ndarray | float = C_PHI) -> np.ndarray:
+                angle_factor: np.ndarray | float = C_PHI, scale_factor: np.ndarray | float = 0.0) -> np.ndarray:
     """Rotated elements whose tolerance reaches the size of their pair: no output there can be told wrong
     from right by its rotation (any angle is within the bound), so they are not judged (docs/tolerance.md)."""
-    rel = relative_rotation_tolerance(phi, precision, angle_factor)
+    rel = relative_rotation_tolerance(phi, precision, angle_factor, scale_factor)
     mask = np.zeros(np.shape(rel), dtype=bool)
     mask[..., :rotary_dim] = np.asarray(rel)[..., :rotary_dim] >= 1.0
     return mask
 
 
+@functools.lru_cache(maxsize=4096)
 def judgeable_position_limit(spec, precision: Precision) -> float:
     """The largest |position| at which every rotated pair of ``spec`` stays judgeable under ``precision``.
 

@@ -66,6 +66,31 @@ class _Files:
         self.write_status(case=None)
 
 
+_ENV_APPLIED = "ROPECONF_ADAPTER_ENV_APPLIED"
+
+
+def reexec_with_adapter_env(name: str, argv: list[str]) -> None:
+    """Apply the adapter's declared ``env`` to this process, whatever the adapter's form.
+
+    A built-in adapter's env is known without importing it and set by the parent; a
+    ``module:attr`` or entry-point adapter's (``Adapter.env``, ``f.ropeconf_env``) is only
+    known once it is imported, which may already be too late (KERAS_BACKEND, JAX x64 are read
+    at import).  So the worker imports it, and if its env differs from this process's,
+    starts over with it (once).
+    """
+    from .adapter import load_adapter
+
+    if os.environ.get(_ENV_APPLIED):
+        return
+    try:
+        env = dict(getattr(load_adapter(name), "env", {}) or {})
+    except BaseException:  # noqa: BLE001 - loading fails again in run_adapter, which reports it
+        return
+    if any(os.environ.get(k) != v for k, v in env.items()):
+        os.execve(sys.executable, [sys.executable, "-m", "ropeconf.conformance.worker", *argv],
+                  {**os.environ, **env, _ENV_APPLIED: "1"})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ropeconf.conformance.worker")
     ap.add_argument("--adapter", required=True)
@@ -77,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig.from_dict(json.loads(a.config))
     files = _Files(a.status, a.journal)
     limit = apply_memory_limit(cfg)
+    reexec_with_adapter_env(a.adapter, argv if argv is not None else sys.argv[1:])
     files.write_status(memory_limit=limit)
     last = [0.0]
 

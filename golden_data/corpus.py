@@ -31,7 +31,7 @@ import numpy as np
 from ropeconf.reference.dtypes import DTYPES, round_to  # noqa: F401  (round_to: public re-export)
 
 SCHEMA_VERSION = 2        # 2: the manifest declares case_count; verify checks every file's structure
-CORPUS_VERSION = "1.1.0"  # 1.1.0: llama3 specs carry low/high_freq_factor (now required); arrays unchanged
+CORPUS_VERSION = "1.2.0"  # 1.1.0: llama3 specs carry low/high_freq_factor; 1.2.0: axial2d-lang, streams far apart
 _SEED_SALT = 1            # part of every case's RNG seed: the arrays depend on it, never on SCHEMA_VERSION
 DEFAULT_DIR = Path(__file__).resolve().parent
 INPUT_DTYPES = DTYPES
@@ -61,6 +61,13 @@ def _positions(kind: str, variant, spec, rng: np.random.Generator) -> np.ndarray
         p = np.broadcast_to(top - SEQ + seq, (BATCH, SEQ))
     elif kind == "scattered":      # different, unsorted positions per batch row
         p = rng.integers(0, top, size=(BATCH, SEQ), dtype=np.int64)
+    elif kind == "far":            # streams far apart: the first near the top, the others near 0
+        if variant.streams == 1:
+            return None
+        base = top - SEQ + np.arange(SEQ, dtype=np.int64)
+        return np.stack([np.broadcast_to(base, (BATCH, SEQ))] +
+                        [np.broadcast_to(np.arange(SEQ, dtype=np.int64) * s, (BATCH, SEQ))
+                         for s in range(1, variant.streams)], axis=-1).astype(np.int64)
     else:
         raise ValueError(kind)
     p = np.array(p, dtype=np.int64)
@@ -70,6 +77,8 @@ def _positions(kind: str, variant, spec, rng: np.random.Generator) -> np.ndarray
 
 
 POSITION_KINDS = ("short", "below", "above", "long", "scattered")
+# Kinds added later draw their seeds from their own counter, so that the earlier cases keep theirs.
+LATER_KINDS = {"far": 10 ** 6}
 
 
 def case_grid() -> list[dict[str, Any]]:
@@ -78,18 +87,24 @@ def case_grid() -> list[dict[str, Any]]:
 
     cases = []
     seed = 0
+    later = dict(LATER_KINDS)
     for vname, variant in VARIANTS.items():
         for head, rot in DIMS:
             for layout in LAYOUTS:
                 spec = variant.spec(head_dim=head, rotary_dim=rot, layout=layout)
-                for kind in POSITION_KINDS:
-                    seed += 1
-                    rng = np.random.default_rng([_SEED_SALT, seed])
+                for kind in POSITION_KINDS + tuple(LATER_KINDS):
+                    if kind in later:
+                        later[kind] += 1
+                        seed_k = later[kind]
+                    else:
+                        seed += 1
+                        seed_k = seed
+                    rng = np.random.default_rng([_SEED_SALT, seed_k])
                     pos = _positions(kind, variant, spec, rng)
                     if pos is None:
                         continue
                     cid = f"{vname}__{layout}__d{head}r{rot}__{kind}"
-                    cases.append({"id": cid, "variant": vname, "spec": spec.to_dict(), "seed": seed,
+                    cases.append({"id": cid, "variant": vname, "spec": spec.to_dict(), "seed": seed_k,
                                   "positions_kind": kind, "positions": pos})
     return cases
 

@@ -247,6 +247,13 @@ def yarn_conditioning(spec: RopeSpec, omega0: np.ndarray, omega: np.ndarray):
     return kappa, np.where(inside, (1.0 - 1.0 / s) * err / g, 0.0)
 
 
+def scaled_base_conditioning(spec: RopeSpec, omega0: np.ndarray, omega: np.ndarray):
+    """NTK / dynamic NTK compute omega = b'^(-2i/r) from a scaled base b': the exponent's rounding is
+    amplified by |ln omega|, not |ln omega0| (extra = |ln omega| - |ln omega0| >= 0)."""
+    kappa, _ = _unit(spec, omega0, omega)
+    return kappa, np.maximum(np.abs(np.log(omega)) - np.abs(np.log(omega0)), 0.0)
+
+
 # ----------------------------------------------------------------------------- type checks
 # Type-specific validation beyond "only this type's keys are set" and "required keys present".
 
@@ -358,9 +365,11 @@ ROPE_TYPES: dict[str, RopeType] = {t.name: t for t in [
     RopeType("default", _fixed(base_schedule), lang_only=False, source="RoFormer, arXiv:2104.09864"),
     RopeType("linear", _fixed(linear), frozenset({"factor"}), ("factor",), lang_only=False,
              source="arXiv:2306.15595"),
-    RopeType("ntk", _fixed(ntk), frozenset({"factor"}), ("factor",), check=_check_width, source="bloc97 (2023)"),
+    RopeType("ntk", _fixed(ntk), frozenset({"factor"}), ("factor",), conditioning=scaled_base_conditioning,
+             check=_check_width, source="bloc97 (2023)"),
     RopeType("dynamic", lambda spec, length: (dynamic(spec, length), ONE), frozenset({"factor", _L0}),
-             ("factor", _L0), length_key=_dynamic_key, check=_check_width, source="emozilla (2023)"),
+             ("factor", _L0), length_key=_dynamic_key, conditioning=scaled_base_conditioning, check=_check_width,
+             source="emozilla (2023)"),
     RopeType("yarn", lambda spec, key: yarn(spec),
              frozenset({"factor", _L0, "attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim",
                         "truncate", "max_position_embeddings"}), ("factor", _L0),

@@ -114,4 +114,8 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
     Variant("mrope-interleaved", "mropI", {"mrope_section": _mrope_sections, "mrope_interleaved": True,
                                   "rope_theta": 5000000.0},
             "Interleaved M-RoPE (Qwen3-VL apply_interleaved_mrope)", streams=3, min_rotary_dim=6),
+    # appended last: the golden case seeds follow the record order
+    Variant("axial2d-lang", "ax2dL", {"axial_axes": 2},
+            "Axial 2-D RoPE on the geometric schedule (rotary-embedding-torch get_axial_freqs, freqs_for='lang')",
+            streams=2, min_rotary_dim=4),
 ]}

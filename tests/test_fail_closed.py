@@ -238,16 +238,17 @@ def test_non_utf8_stderr_and_garbage_result_are_that_adapters_errors(tmp_path, e
 
 def test_a_hung_case_is_named_and_finished_cells_are_kept(tmp_path, env):
     out = tmp_path / "r.json"
-    r = ropeconf("run", "--adapter", H + "hangs_on_theta500k", "--variants", "default,theta500k,linear",
-                 "--dtype", "float32", "--max-examples", "2", "--no-metamorphic", "--case-timeout", "8",
-                 "--json", str(out), env=env)
+    r = ropeconf("run", "--adapter", H + "hangs_on_bfloat16", "--variants", "default,theta500k",
+                 "--dtype", "float32,bfloat16", "--max-examples", "2", "--no-metamorphic", "--no-stateful",
+                 "--case-timeout", "8", "--json", str(out), env=env)
     assert r.returncode == EXIT_FAIL
-    cells = {c["variant"]: c for c in _report(out, H + "hangs_on_theta500k")["cells"]}
-    assert cells["default"]["outcome"] == "conforms"                    # finished before the hang: kept
-    assert cells["theta500k"]["outcome"] == "error"
-    assert "hung for more than 8 s" in cells["theta500k"]["message"]
-    assert '"golden":"theta500k__half__d64r64__short"' in cells["theta500k"]["message"]  # the case, replayable
-    assert cells["linear"]["outcome"] == "error" and cells["linear"]["message"].startswith("not run:")
+    cells = {(c["variant"], c["dtype"]): c for c in _report(out, H + "hangs_on_bfloat16")["cells"]}
+    assert cells[("default", "float32")]["outcome"] == "conforms"       # finished before the hang: kept
+    hung = cells[("default", "bfloat16")]
+    assert hung["outcome"] == "error" and "hung for more than 8 s" in hung["message"]
+    assert '"golden":"default__half__d64r64__short"' in hung["message"]  # the case, replayable
+    later = cells[("theta500k", "float32")]
+    assert later["outcome"] == "error" and later["message"].startswith("not run:")
     _no_ropeconf_temp_left(env)
 
 

@@ -183,3 +183,88 @@ def test_bound_components_follow_the_formula():
     t16 = bound(y, phi, 2, "half", Precision.conventional("bfloat16"))
     ub = UNIT_ROUNDOFF["bfloat16"]
     np.testing.assert_allclose(t16.ravel(), 5 * (8 * u32 * 1000 + 2 * u32 + 2 * ub + 5 * ub) + ub * np.array([3., 4.]))
+
+
+# ----------------------------------------------------------------------------- xPos: the scale's rounding
+def _conventional_xpos(scale_base_error=0.0, zeta_offset=0.4):
+    """rotary-embedding-torch's recipe, in float32: zeta = (arange(0, r, 2) + 0.4 r) / (1.4 r),
+    power = (t - seq_len // 2) / B, scale = zeta ** power (query) or its inverse (key), applied to
+    float32 cos/sin; the planted versions perturb B or the 0.4 offset."""
+
+    def adapter(x, positions, spec, role="query"):
+        r, d = spec["rotary_dim"], x.shape[-1]
+        f32 = np.float32
+        i = np.arange(0, r, 2, dtype=f32)
+        inv = (f32(1.0) / (f32(spec["rope_theta"]) ** (i / f32(r)))).astype(f32)
+        ang = positions.astype(f32)[..., None] * inv
+        zeta = ((i + f32(zeta_offset) * f32(r)) / (f32(1.4) * f32(r))).astype(f32)
+        c = positions.max() + 1
+        power = ((positions.astype(f32) - f32(c // 2)) / f32(spec["xpos_scale_base"] + scale_base_error))[..., None]
+        scale = (zeta ** power).astype(f32)
+        if role == "key":
+            scale = (f32(1.0) / scale).astype(f32)
+        cos = (np.cos(ang) * scale).astype(x.dtype)[:, None]
+        sin = (np.sin(ang) * scale).astype(x.dtype)[:, None]
+        h = r // 2
+        x1, x2 = x[..., :h], x[..., h:r]
+        return np.concatenate([(x1 * cos - x2 * sin).astype(x.dtype), (x2 * cos + x1 * sin).astype(x.dtype),
+                               x[..., r:]], axis=-1)
+
+    adapter.ropeconf_capabilities = {"rope_types": ["default"], "layouts": ["half"], "xpos": True,
+                                     "dtypes": ["float32", "float16", "bfloat16"], "partial": True}
+    return FunctionAdapter(adapter, "xpos")
+
+
+# |p - c| / B reaches 32 at p = 0 when the sequence ends at 2**15 (c = 2**14): there the scale's
+# error dominates (the angle term is ~0 at small positions)
+XPOS_POSITIONS = [np.array([[0, 1, 2, 3, 32764, 32765, 32766, 32767]]),
+                  np.array([list(range(8)) + list(range(16000, 16008))]),
+                  np.arange(2 ** 14, 2 ** 14 + 48)[None]]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("role", ["query", "key"])
+@pytest.mark.parametrize("k", range(len(XPOS_POSITIONS)))
+def test_conventional_float32_xpos_conforms(dtype, role, k):
+    """The xPos term (docs/tolerance.md): zeta's and the power's float32 rounding amplified by the power."""
+    spec = RopeSpec(head_dim=64, xpos=True)
+    r = judge_case(_conventional_xpos(), spec, XPOS_POSITIONS[k], dtype=dtype, role=role)
+    assert r.outcome == "conforms", r.message
+    assert r.max_ratio > 0.05  # the bound is not vacuous: the real error uses a visible share of it
+
+
+@pytest.mark.parametrize("bug", [dict(scale_base_error=1.0), dict(zeta_offset=0.401)], ids=["B+1", "zeta"])
+def test_planted_xpos_bug_diverges(bug):
+    spec = RopeSpec(head_dim=64, xpos=True)
+    pos = np.arange(2 ** 14, 2 ** 14 + 48)[None]
+    r = judge_case(_conventional_xpos(**bug), spec, pos, dtype="float32")
+    assert r.outcome == "diverges" and r.max_ratio > 10, r.max_ratio
+
+
+def test_xpos_term_without_it_the_conventional_scale_would_diverge():
+    """Why the term exists: with it removed, the conventional float32 scale exceeds the bound."""
+    from ropeconf.conformance import judge as judge_mod
+
+    spec = RopeSpec(head_dim=64, xpos=True)
+    pos = XPOS_POSITIONS[0]
+    real = judge_mod.xpos_error_factor
+    try:
+        judge_mod.xpos_error_factor = lambda s, p, n=None: np.zeros_like(real(s, p, n))
+        r = judge_case(_conventional_xpos(), spec, pos, dtype="float32")
+    finally:
+        judge_mod.xpos_error_factor = real
+    assert r.outcome == "diverges" and r.max_ratio > 2
+
+
+def test_ntk_exponent_term_uses_the_scaled_base():
+    """NTK computes omega = b'^(-2i/r) from the scaled base: its exponent rounding is amplified by |ln omega|,
+    larger than |ln omega0|; the term grows accordingly (and stays 0 for the unscaled pairs' first one)."""
+    from ropeconf.conformance.tolerance import C_PHI, angle_error_factor
+    from ropeconf.reference import inv_freq
+
+    spec = RopeSpec(head_dim=64, rope_type="ntk", factor=16.0)
+    w0 = inv_freq(RopeSpec(head_dim=64))[0]
+    w = inv_freq(spec)[0]
+    fac = angle_error_factor(spec)
+    assert np.allclose(fac, C_PHI + np.abs(np.log(w)))
+    assert fac[-1] > C_PHI + abs(np.log(w0[-1])) + 1.0
