@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("variants", help="list the variant records and their sources")
 
+    idf = sub.add_parser("identify", help="black-box fingerprint of an implementation: which RoPE does it compute?")
+    idf.add_argument("--adapter", required=True, help="built-in name, entry point or module:attribute")
+    idf.add_argument("--spec", help="the configuration to give the adapter (RopeSpec or HF config JSON, or @FILE); "
+                     "default: plain RoPE, head_dim 64")
+    idf.add_argument("--dtype", help="dtype to probe in (default: the most precise one the adapter declares)")
+    idf.add_argument("--device", default="cpu")
+    idf.add_argument("--json", metavar="PATH", help="write the result as JSON")
+
     g = sub.add_parser("golden", help="golden-data corpus")
     gs = g.add_subparsers(dest="golden_cmd", metavar="ACTION")
     gr = gs.add_parser("regenerate", help="regenerate the corpus atomically (bit-for-bit reproducible)")
@@ -105,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_replay(args)
         if args.cmd == "variants":
             return cmd_variants()
+        if args.cmd == "identify":
+            return cmd_identify(args)
         if args.cmd == "golden":
             return cmd_golden(args, ap)
         if args.cmd == "report":
@@ -368,8 +378,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         spec, pos = case["spec"], case["positions"]
         x = make_input(spec, pos.shape[0], case["heads"], pos.shape[1], dtype, case["seed"])
         r = judge(adapter, spec, x, pos, dtype=dtype, device=device, role=role, seed=case["seed"])
-    print(json.dumps({k: r.to_dict()[k] for k in ("outcome", "max_ratio", "max_abs_error", "message", "worst")},
-                     indent=1, default=str))
+    shown = {k: r.to_dict()[k] for k in ("outcome", "max_ratio", "max_abs_error", "message", "worst")}
+    if Outcome.of(r.outcome) is Outcome.DIVERGES and "golden" not in case:
+        from .diagnosis import diagnose
+
+        shown["diagnosis"] = diagnose(adapter, spec, pos, dtype, device, role, case["seed"], case["heads"])
+    print(json.dumps(shown, indent=1, default=str))
     return EXIT_FAIL if Outcome.of(r.outcome).fails else EXIT_OK
 
 
@@ -442,6 +456,44 @@ def parse_replay_case(text: str) -> dict[str, Any]:
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise UsageError(f"--case {name}={v!r}: must be an int >= {lo}")
     return {**out, "spec": spec, "positions": pos, "seed": seed, "heads": heads}
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    """Exit 0 when a spec explains the outputs within the tolerance, 1 when none does."""
+    from ropeconf.reference import RopeSpec
+    from ropeconf.reference.dtypes import DTYPES
+
+    from . import report
+    from .adapter import load_adapter
+    from .identify import identify, render
+
+    spec = None
+    if args.spec:
+        text = args.spec
+        if text.startswith("@"):
+            try:
+                text = open(text[1:], encoding="utf-8").read()
+            except OSError as e:
+                raise UsageError(f"--spec {args.spec}: cannot read the file: {e}") from None
+        try:
+            spec = RopeSpec.from_dict(json.loads(text))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise UsageError(f"--spec: {e}") from None
+    if args.dtype and args.dtype not in DTYPES:
+        raise UsageError(f"--dtype {args.dtype!r}: must be one of {', '.join(DTYPES)}")
+    if args.json:
+        report.check_output_path(args.json)
+    resolve_adapter_names([args.adapter])
+    adapter = load_adapter(args.adapter)
+    why = adapter.availability()
+    if why:
+        print(f"{adapter.name}: unavailable: {why}", file=sys.stderr)
+        return EXIT_NOT_CHECKED
+    result = identify(adapter, spec, args.dtype, args.device)
+    print(render(result))
+    if args.json:
+        report.write_json({"adapters": [], "identify": result}, args.json)
+    return EXIT_OK if result.get("identified") else EXIT_FAIL
 
 
 # ----------------------------------------------------------------------------- golden

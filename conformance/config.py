@@ -191,6 +191,9 @@ class RunConfig:
     strict: bool = dataclasses.field(default=False, metadata=_opt(
         "--strict", "every adapter named with --adapter is required, and registry warnings (entries that "
         "matched nothing) fail the run", flag_type="switch"))
+    diagnose: bool = dataclasses.field(default=True, metadata=_opt(
+        "--diagnose", "diagnose every diverging or known cell: which catalogued convention explains it "
+        "(docs/diagnosis.md; --no-diagnose skips it)", flag_type="bool"))
     allow_empty: bool = dataclasses.field(default=False, metadata=_opt(
         "--allow-empty", "an adapter named explicitly may judge zero cases (default: that exits 3)",
         flag_type="switch"))
@@ -229,6 +232,8 @@ class RunConfig:
                                   "default": None, "help": m["help"]}
             if m.get("type") == "switch":
                 kw.update(action="store_true", default=False)
+            elif m.get("type") == "bool":
+                kw.update(action=argparse.BooleanOptionalAction, default=None)
             if m.get("metavar"):
                 kw["metavar"] = m["metavar"]
             if m.get("choices"):

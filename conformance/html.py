@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from .outcome import Outcome
-from .presentation import replay_case, replay_command
+from .presentation import diagnosis_line, replay_case, replay_command
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#212121;max-width:1600px}
@@ -109,6 +109,9 @@ def _details(adapters: list[dict[str, Any]]) -> str:
                     f"{_e(_fmt(c.get('max_ratio')))} × tolerance</div>"]
             if c.get("message"):
                 body.append(f"<p>{_e(c['message'])}</p>")
+            why = diagnosis_line(c.get("diagnosis"))
+            if why:
+                body.append(f"<p class='diagnosis'><b>Diagnosis.</b> {_e(why)}</p>")
             m = c.get("minimal")
             if m and (o.fails or o is Outcome.KNOWN):
                 case = replay_case(m, c["dtype"], c["device"])

@@ -32,6 +32,30 @@ def replay_command(adapter: str, case: dict[str, Any]) -> str:
     return f"ropeconf replay --adapter {adapter} --case '{json.dumps(case, separators=(',', ':'))}'"
 
 
+def diagnosis_line(d: dict[str, Any] | None) -> str | None:
+    """One line saying why a cell diverges (conformance/diagnosis.py), or None without a diagnosis."""
+    if not d:
+        return None
+    ex = d.get("explained_by") or []
+    if ex:
+        parts = [f"{e['description']} [{e['hypothesis']}; {e.get('confirmed', '')}]" for e in ex[:2]]
+        hint = next((h for e in ex for h in e.get("hints", [])), "")
+        on = f" (on case {d['case_id']})" if d.get("case_id") else ""
+        return "explained by: " + "; or ".join(parts) + (f" -> {hint}" if hint else "") + on
+    if d.get("note"):
+        return f"diagnosis: {d['note']}"
+    st = d.get("structure") or {}
+    bits = [f"pairs {st['pairs']}" if st.get("pairs") not in (None, []) else "",
+            f"relative error up to {st['relative_error_max']:.3g}" if st.get("relative_error_max") else "",
+            ("constant across tokens" if st.get("relative_error_spread", 1) < 0.05 else "")]
+    g = st.get("grows_with_position")
+    if g is not None:
+        bits.append("grows with position" if g > 0.8 else "does not grow with position" if g < 0.3 else "")
+    if st.get("tail_changed"):
+        bits.append("the pass-through tail changed")
+    return "no catalogued convention explains it: " + ", ".join(b for b in bits if b)
+
+
 def render_matrix(result: dict[str, Any]) -> str:
     """The terminal matrix: one row per adapter x dtype x device, one column per variant."""
     variants = [v for v in VARIANTS if any(c["variant"] == v for r in result["adapters"] for c in r["cells"])]
@@ -66,6 +90,9 @@ def render_matrix(result: dict[str, Any]) -> str:
         lines.append("Divergences and errors (smallest failing case; replay with `ropeconf replay`):")
         for a, v, dt, dev, c in failing:
             lines.append(f"  {a} {v} {dt} {dev}: {c['outcome']}: {c.get('message', '')[:300]}")
+            why = diagnosis_line(c.get("diagnosis"))
+            if why:
+                lines.append("      " + why[:400])
             case = replay_case(c.get("minimal"), dt, dev)
             if case is not None:
                 lines.append("      " + replay_command(a, case))
@@ -83,6 +110,9 @@ def render_matrix(result: dict[str, Any]) -> str:
             how = (f"max {_fmt_ratio(c.get('max_ratio'))} x tolerance" if c.get("max_ratio") is not None
                    else f"raises: {c.get('message', '')[:120]}")
             lines.append(f"  {a} {v} {dt}: {kid} ({how})")
+            ex = (c.get("diagnosis") or {}).get("explained_by") or []
+            if ex:
+                lines.append(f"      explained by: {ex[0]['description']} [{ex[0]['hypothesis']}]")
     lines.append("")
     lines.append(f"{sum(len(r['cells']) for r in result['adapters'])} cells, "
                  f"{len(result['adapters'])} adapters, {result.get('seconds', 0):.1f} s")

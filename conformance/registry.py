@@ -163,6 +163,12 @@ def load(paths: list[Path] | None = None) -> list[Divergence]:
             bad = sorted(set(e["match"]) - allowed_match)
             if bad:
                 raise RegistryError(f"{where}: unknown match key(s) {bad}; valid: {sorted(allowed_match)}")
+            if e.get("diagnosis"):
+                from .diagnosis import unknown_names
+
+                if unknown_names(str(e["diagnosis"])):
+                    raise RegistryError(f"{where}: diagnosis {e['diagnosis']!r} names no catalogued hypothesis "
+                                        f"(docs/diagnosis.md lists them; join two with '+')")
             adapters = e["adapter"] if isinstance(e["adapter"], list) else [e["adapter"]]
             out.append(Divergence(e["id"], tuple(adapters), e["library"], e["versions"], dict(e["match"]),
                                   e["reason"], e["upstream"], e.get("magnitude", ""), f.name,

@@ -56,6 +56,7 @@ class CellReport:
     max_ratio: float | None = None
     minimal: dict[str, Any] | None = None    # the smallest case with the cell's outcome (failing or known)
     message: str = ""
+    diagnosis: dict[str, Any] | None = None  # why it diverges (conformance/diagnosis.py), for failing/known cells
 
     @classmethod
     def summarize(cls, variant: str, dtype: str, device: str, results: list[CaseResult]) -> "CellReport":

@@ -84,6 +84,17 @@ class Classifier:
                     r.outcome, r.known_id = Outcome.FIXED, e.id
                     r.message = f"known divergence {e.id} no longer reproduces: remove it from {e.source}"
 
+    def check_diagnosis(self, known_id: str | None, diagnosis: dict[str, Any]) -> list[str]:
+        """A warning when a known case's entry names a diagnosis that this run's diagnosis does not give first."""
+        from .diagnosis import first_explanation
+
+        e = next((e for e in self.entries if e.id == known_id), None)
+        got = first_explanation(diagnosis)
+        if e is None or not e.diagnosis or got == e.diagnosis:
+            return []
+        return [f"registry entry {e.id} ({e.source}) gives diagnosis {e.diagnosis!r} but this run diagnosed "
+                f"{got or 'nothing catalogued'} on case {diagnosis.get('case_id')}"]
+
     def unused(self, cells: list[tuple[str, str, str]]) -> list[str]:
         """Warnings for entries of this adapter that a run over ``cells`` could reach but matched no case."""
         return [f"registry entry {e.id} ({e.source}) matched no case of {self.adapter} {self.version} in this run"
@@ -138,6 +149,12 @@ def run_adapter(adapter: Adapter | str, cfg: RunConfig, progress: Callable[[str]
                 results += source.cases(cell)
             classify.close(results)
             cell_report = CellReport.summarize(vname, dt, dev, results)
+            if cfg.diagnose and cell_report.minimal and cell_report.outcome in (Outcome.DIVERGES, Outcome.KNOWN):
+                case = _diagnosis_case(results, cell_report)
+                cell_report.diagnosis = _diagnose(cell, case)
+                if cell_report.diagnosis is not None:
+                    cell_report.diagnosis["case_id"] = case.get("case_id")
+                    report.warnings += classify.check_diagnosis(case.get("known_id"), cell_report.diagnosis)
             cases = [_slim(r) for r in results if Outcome.of(r.outcome) is not Outcome.UNSUPPORTED]
         report.cells.append(cell_report)
         report.cases += cases
@@ -145,9 +162,30 @@ def run_adapter(adapter: Adapter | str, cfg: RunConfig, progress: Callable[[str]
             on_cell({"cell": cell_report.to_dict(), "cases": cases})
         if progress:
             progress(f"{adapter.name}: {done}/{len(todo)} cells")
-    report.warnings = classify.unused(todo)
+    report.warnings += classify.unused(todo)
     report.seconds = time.time() - t0
     return report.to_dict()
+
+
+def _diagnosis_case(results: list[CaseResult], cell_report: CellReport) -> dict[str, Any]:
+    """The case to explain: a stateless failing case (golden first, then property) when there is one,
+    since one call over many positions tells hypotheses apart that a one-position decode step cannot;
+    else the cell's smallest case (a stateful or metamorphic failure)."""
+    same = [r for r in results if r.outcome == cell_report.outcome and r.spec is not None
+            and r.source in ("golden", "property")]
+    if not same:
+        return cell_report.minimal
+    best = min(same, key=lambda r: (r.source != "golden", len(json.dumps(r.positions or []))))
+    return best.to_dict()
+
+
+def _diagnose(cell: Cell, minimal: dict[str, Any]) -> dict[str, Any] | None:
+    from .diagnosis import diagnose_cell
+
+    try:
+        return diagnose_cell(cell, minimal)
+    except Exception as e:  # noqa: BLE001 - a diagnosis that fails never changes the verdict
+        return {"explained_by": [], "note": f"diagnosis failed: {type(e).__name__}: {e}"}
 
 
 def _slim(r: CaseResult) -> dict[str, Any]:

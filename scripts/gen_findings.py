@@ -26,12 +26,14 @@ registry (`conformance/known/*.toml`): a run reports matching cases as
 *known divergence*, and as *FIXED* (failing the run) once the library no
 longer diverges. Each library's page has the analysis, the magnitude and a
 minimal repro command; the pages also record what was checked and found
-conforming.
+conforming. "diagnosis" names the catalogued convention that explains the
+entry (docs/diagnosis.md), checked again by every run that meets it; empty
+where no catalogued convention explains it.
 
 Generated from the registry by `python scripts/gen_findings.py`.
 
-| id | library (versions) | matches | magnitude | details |
-|---|---|---|---|---|
+| id | library (versions) | matches | diagnosis | magnitude | details |
+|---|---|---|---|---|---|
 """
 
 
@@ -46,7 +48,7 @@ def render() -> str:
         match = ", ".join(f"{k}={v}" for k, v in e.match.items() if v != "*")
         page = PAGES.get(e.source, "")
         rows.append(f"| `{e.id}` | {e.library} ({_cell(e.versions, 40)}) | {_cell(match, 120)} | "
-                    f"{_cell(e.magnitude or e.reason)} | {f'[{page}]({page})' if page else ''} |")
+                    f"{f'`{e.diagnosis}`' if e.diagnosis else ''} | {_cell(e.magnitude or e.reason)} | {f'[{page}]({page})' if page else ''} |")
     return INTRO + "\n".join(rows) + "\n"
 
 

@@ -91,7 +91,7 @@ class ToyRotary:
             cache, key = _TABLES, key + (np.dtype(dtype).str,)
         if "cache_without_theta" not in self.bugs:
             key = key + (self.theta, self.rope_type, self.factor, self.L0, self.beta_fast, self.beta_slow,
-                         self.truncate, self.inv_freq.tobytes())
+                         self.truncate, float(self._attention()), self.inv_freq.tobytes())
         if key not in cache:
             ang = positions.astype(F32)[..., None] * self.inv_freq
             att = self._attention()
