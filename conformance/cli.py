@@ -10,6 +10,7 @@ or a required adapter (``--require``, ``--strict``) is unavailable.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -45,10 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("list", help="list adapters with availability, reason and version")
 
     r = sub.add_parser("run", help="run adapters against golden data and property cases; print the matrix")
-    r.add_argument("--adapter", nargs="+", metavar="NAME",
+    r.add_argument("--adapter", nargs="+", action="extend", metavar="NAME",
                    help="built-in name, entry point (group ropeconf.adapters) or module:attribute; "
                         "default: every built-in adapter")
-    r.add_argument("--skip-adapter", nargs="+", metavar="NAME",
+    r.add_argument("--skip-adapter", nargs="+", action="extend", metavar="NAME",
                    help="built-in adapters to leave out of the default run (over every built-in adapter)")
     RunConfig.add_arguments(r)
     r.add_argument("--jobs", type=_positive_int, default=2,
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("--report", metavar="PATH")
 
     gp = sub.add_parser("gpu-parity", help="CuPy vs NumPy reference and torch CUDA vs CPU adapters (needs a GPU)")
-    gp.add_argument("--adapter", nargs="*", default=None)
+    gp.add_argument("--adapter", nargs="*", action="extend", default=None)
     from . import parity
     parity.add_parser(sub)
     return ap
@@ -248,15 +249,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(f"--require {', '.join(missing)}: not among the adapters of this run")
     policy = Policy(explicit=explicit, require=cfg.require, allow_empty=cfg.allow_empty, strict=cfg.strict)
+    configs, shard_info = _shard_configs(cfg, names)
+    if shard_info:
+        names = [n for n in names if configs[n].cells]
     prog = _Progress()
     t0 = time.time()
     if args.in_process:
-        reports = [run_adapter(n, cfg, prog) for n in names]
+        reports = [run_adapter(n, configs.get(n, cfg), prog) for n in names]
     else:
-        reports = run_isolated(names, cfg, jobs=args.jobs, progress=prog)
+        reports = run_isolated(names, cfg, jobs=args.jobs, progress=prog, configs=configs)
     prog.close()
     result = {"tool": "ropeconf", "version": _version(), "config": cfg.to_dict(), "seconds": time.time() - t0,
-              "adapters": reports, "warnings": [w for r in reports for w in r.get("warnings", [])]}
+              "adapters": reports, "warnings": [w for r in reports for w in r.get("warnings", [])],
+              "policy": dataclasses.asdict(policy)}
+    if shard_info:
+        # one shard cannot know whether the others judge a named adapter or match a registry entry:
+        # those checks are the merge's (`ropeconf report merge` applies the stored policy to the whole)
+        result["shard"] = shard_info
+        policy = Policy(allow_empty=True)
+        print(f"shard {shard_info['index']}/{shard_info['count']} (plan {shard_info['plan']}): "
+              f"{shard_info['cells']} of {shard_info['total']} cells; merge every shard's --json with "
+              "`ropeconf report merge` for the verdict")
     decision = decide(result, policy)
     result["decision"] = {"exit_code": decision.exit_code, "reasons": decision.reasons}
     print(render_matrix(result))
@@ -268,6 +281,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         report.write_html(result, args.report)
         print(f"HTML report: {args.report}")
     return decision.exit_code
+
+
+def _shard_configs(cfg: RunConfig, names: list[str]) -> tuple[dict[str, RunConfig], dict[str, Any] | None]:
+    """Each adapter's config for this shard (only its cells of the plan) and the shard's record."""
+    if not cfg.shard:
+        return {}, None
+    from . import shard
+    from .runner import cells_of
+
+    k, n = shard.parse(cfg.shard)
+    plan = shard.plan(names, cells_of(cfg), n)
+    mine = plan[k - 1]
+    configs = {a: dataclasses.replace(cfg, cells=tuple(shard.cell_key(c) for b, c in mine if b == a))
+               for a in names}
+    return configs, {"index": k, "count": n, "plan": shard.digest(plan), "cells": len(mine),
+                     "total": sum(len(s) for s in plan)}
 
 
 def render_decision(decision) -> str:
@@ -533,13 +562,17 @@ def cmd_report(args: argparse.Namespace, ap: argparse.ArgumentParser) -> int:
         for path in (args.json, args.report):
             if path:
                 report.check_output_path(path)
-        merged = report.merge([_load_json(p) for p in args.parts])
+        try:
+            merged = report.merge([_load_json(p) for p in args.parts])
+        except ValueError as e:
+            raise UsageError(f"report merge: {e}") from None
         if args.json:
             report.write_json(merged, args.json)
         if args.report:
             report.write_html(merged, args.report)
         print(render_matrix(merged))
-        decision = decide(merged)
+        decision = decide(merged, Policy(**{k: tuple(v) if isinstance(v, list) else v
+                                            for k, v in merged["policy"].items()}) if merged.get("policy") else None)
         print(render_decision(decision))
         return decision.exit_code
     ap.parse_args(["report", "--help"])

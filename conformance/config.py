@@ -144,6 +144,13 @@ def memory_bytes(text: str) -> int:
     return int(n)
 
 
+def _shard(text: str) -> str:
+    from .shard import parse
+
+    k, n = parse(text)
+    return f"{k}/{n}"
+
+
 def _opt(flag: str, help: str, parse: Callable[[str], Any] | None = None, metavar: str | None = None,
          choices: tuple[str, ...] | None = None, nargs: str | None = None, flag_type: str = "value") -> dict[str, Any]:
     return {"flag": flag, "help": help, "parse": parse, "metavar": metavar, "choices": choices, "nargs": nargs,
@@ -197,6 +204,11 @@ class RunConfig:
     allow_empty: bool = dataclasses.field(default=False, metadata=_opt(
         "--allow-empty", "an adapter named explicitly may judge zero cases (default: that exits 3)",
         flag_type="switch"))
+    shard: str | None = dataclasses.field(default=None, metadata=_opt(
+        "--shard", "run only shard K of N of the (adapter, variant, dtype, device) cells, split by measured "
+        "cost; `ropeconf report merge` joins the N parts (docs/ci.md)", _shard, metavar="K/N"))
+    cells: tuple[str, ...] | None = dataclasses.field(default=None, metadata={
+        "help": "the 'variant|dtype|device' cells this adapter runs (set per adapter by --shard)"})
 
     # ------------------------------------------------------------------ derived
     @property

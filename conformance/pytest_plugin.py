@@ -34,7 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _config(pc: pytest.Config):
     from .config import RunConfig
 
-    return RunConfig.from_options(lambda name: pc.getoption(RunConfig.option_name(name, PREFIX)))
+    cfg = RunConfig.from_options(lambda name: pc.getoption(RunConfig.option_name(name, PREFIX)))
+    if cfg.shard:
+        raise pytest.UsageError(f"--{PREFIX}shard {cfg.shard}: sharding is a `ropeconf run` feature (its parts are "
+                                "joined by `ropeconf report merge`); under pytest, spread the cells over workers "
+                                "with pytest-xdist (-n N) instead")
+    return cfg
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -49,24 +49,60 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> tuple[str, int]:
 
 
 def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """One result from several partial runs (a CI job matrix); later parts win per cell."""
+    """One result from several partial runs (the shards of ``--shard K/N``, a CI job matrix).
+
+    Later parts win per cell; cells come out in matrix order.  Sharded parts must form whole
+    plans (every shard once, ``shard.check_parts``).  Registry warnings are redone: an entry
+    that one part matched is not "unused" because another part's cells missed it.  The run
+    policies (named and required adapters) are joined, so ``decide`` judges the whole.
+    """
+    from ropeconf.reference.dtypes import DTYPES
+    from ropeconf.reference.variants import VARIANTS
+
+    from .shard import check_parts
+
     if not parts:
         raise ValueError("report merge needs at least one JSON part")
+    check_parts(parts)
     by_adapter: dict[str, dict[str, Any]] = {}
+    used: dict[str, set[str]] = {}
+    unused: dict[str, dict[str, str]] = {}
+    cfg = parts[-1].get("config") or {}  # the matrix order of the run: its --variants and --dtype order first
+    order = {v: i for i, v in enumerate(dict.fromkeys([*(cfg.get("variants") or []), *VARIANTS]))}
+    dorder = {d: i for i, d in enumerate(dict.fromkeys([*(cfg.get("dtypes") or []), *DTYPES]))}
     for p in parts:
         for rep in p.get("adapters", []):
-            cur = by_adapter.setdefault(rep["adapter"], {**rep, "cells": [], "cases": []})
+            cur = by_adapter.setdefault(rep["adapter"], {**rep, "cells": [], "cases": [], "seconds": 0.0})
             keyed = {(c["variant"], c["dtype"], c["device"]): c for c in cur["cells"]}
             for c in rep["cells"]:
                 keyed[(c["variant"], c["dtype"], c["device"])] = c
-            cur["cells"] = list(keyed.values())
+            cur["cells"] = sorted(keyed.values(), key=lambda c: (order.get(c["variant"], len(order)), c["variant"],
+                                                                  dorder.get(c["dtype"], 99), c["device"]))
             cur["cases"] += rep.get("cases", [])
-            for k in ("version", "library", "unavailable", "crashed", "seconds"):
+            for k in ("version", "library"):
                 cur[k] = rep.get(k)  # the latest part that ran this adapter describes it
-    warnings = [w for p in parts for w in p.get("warnings", [])]
-    return {"tool": "ropeconf", "version": parts[-1].get("version"), "merged_from": len(parts),
-            "seconds": sum(p.get("seconds", 0) for p in parts), "config": parts[-1].get("config", {}),
-            "adapters": list(by_adapter.values()), "warnings": list(dict.fromkeys(warnings))}
+            cur["seconds"] += rep.get("seconds") or 0.0  # the adapter's time over every part that ran it
+            for k in ("unavailable", "crashed"):
+                cur[k] = cur.get(k) or rep.get(k)  # fail closed: a part that could not run stays on record
+            used.setdefault(rep["adapter"], set()).update(rep.get("registry_used", []))
+            unused.setdefault(rep["adapter"], {}).update(rep.get("registry_unused", {}))
+    stale = {text for a, ids in unused.items() for i, text in ids.items() if i in used.get(a, set())}
+    for a, rep in by_adapter.items():
+        rep["registry_used"] = sorted(used.get(a, set()))
+        rep["registry_unused"] = {i: t for i, t in unused.get(a, {}).items() if t not in stale}
+        rep["warnings"] = list(dict.fromkeys(w for p in parts for r in p.get("adapters", [])
+                                             if r["adapter"] == a for w in r.get("warnings", []) if w not in stale))
+    warnings = [w for p in parts for w in p.get("warnings", []) if w not in stale]
+    policies = [p["policy"] for p in parts if p.get("policy")]
+    out = {"tool": "ropeconf", "version": parts[-1].get("version"), "merged_from": len(parts),
+           "seconds": sum(p.get("seconds", 0) for p in parts), "config": parts[-1].get("config", {}),
+           "adapters": list(by_adapter.values()), "warnings": list(dict.fromkeys(warnings))}
+    if policies:
+        out["policy"] = {"explicit": sorted({a for q in policies for a in q.get("explicit", [])}),
+                         "require": sorted({a for q in policies for a in q.get("require", [])}),
+                         "allow_empty": all(q.get("allow_empty", False) for q in policies),
+                         "strict": any(q.get("strict", False) for q in policies)}
+    return out
 
 
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}

@@ -57,6 +57,7 @@ class CellReport:
     minimal: dict[str, Any] | None = None    # the smallest case with the cell's outcome (failing or known)
     message: str = ""
     diagnosis: dict[str, Any] | None = None  # why it diverges (conformance/diagnosis.py), for failing/known cells
+    seconds: float | None = None             # wall time of the cell (the shard planner's costs)
 
     @classmethod
     def summarize(cls, variant: str, dtype: str, device: str, results: list[CaseResult]) -> "CellReport":
@@ -93,6 +94,8 @@ class AdapterReport:
     unavailable: str | None = None   # why the library cannot run here (every cell unavailable)
     crashed: str | None = None       # why the adapter failed outside a case (every cell error)
     warnings: list[str] = dataclasses.field(default_factory=list)  # registry entries that matched nothing
+    registry_used: list[str] = dataclasses.field(default_factory=list)         # entry ids some case matched
+    registry_unused: dict[str, str] = dataclasses.field(default_factory=dict)  # id -> its warning (merge redoes it)
 
     @classmethod
     def not_run(cls, name: str, cells: Iterable[tuple[str, str, str]], outcome: Outcome, why: str,
@@ -107,6 +110,7 @@ class AdapterReport:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-             if f.name not in ("unavailable", "crashed", "warnings") or getattr(self, f.name)}
+             if f.name not in ("unavailable", "crashed", "warnings", "registry_used", "registry_unused")
+             or getattr(self, f.name)}
         d["cells"] = [c.to_dict() for c in self.cells]
         return d

@@ -35,8 +35,13 @@ from .sources import SOURCES, Cell, spec_fields
 
 
 def cells_of(cfg: RunConfig) -> list[tuple[str, str, str]]:
-    """(variant, dtype, device) of every cell a run covers, in matrix order."""
-    return [(v, dt, dev) for v in (cfg.variants or tuple(VARIANTS)) for dt in cfg.dtypes for dev in cfg.devices]
+    """(variant, dtype, device) of every cell a run covers, in matrix order (only ``cfg.cells`` when set:
+    an adapter's part of a sharded run)."""
+    every = [(v, dt, dev) for v in (cfg.variants or tuple(VARIANTS)) for dt in cfg.dtypes for dev in cfg.devices]
+    if cfg.cells is None:
+        return every
+    mine = set(cfg.cells)
+    return [c for c in every if "|".join(c) in mine]
 
 
 def _golden_by_variant(cfg: RunConfig) -> dict[str, list[tuple[dict, dict]]]:
@@ -95,10 +100,11 @@ class Classifier:
         return [f"registry entry {e.id} ({e.source}) gives diagnosis {e.diagnosis!r} but this run diagnosed "
                 f"{got or 'nothing catalogued'} on case {diagnosis.get('case_id')}"]
 
-    def unused(self, cells: list[tuple[str, str, str]]) -> list[str]:
-        """Warnings for entries of this adapter that a run over ``cells`` could reach but matched no case."""
-        return [f"registry entry {e.id} ({e.source}) matched no case of {self.adapter} {self.version} in this run"
-                for e in self.entries if e.id not in self.used and e.covers(cells)]
+    def unused(self, cells: list[tuple[str, str, str]]) -> dict[str, str]:
+        """Warnings (by entry id) for entries of this adapter that a run over ``cells`` could reach but matched
+        no case."""
+        return {e.id: f"registry entry {e.id} ({e.source}) matched no case of {self.adapter} {self.version} "
+                      "in this run" for e in self.entries if e.id not in self.used and e.covers(cells)}
 
 
 def run_adapter(adapter: Adapter | str, cfg: RunConfig, progress: Callable[[str], None] | None = None,
@@ -143,6 +149,7 @@ def run_adapter(adapter: Adapter | str, cfg: RunConfig, progress: Callable[[str]
             if missing:
                 cell_report = CellReport.uniform(vname, dt, dev, Outcome.UNAVAILABLE, missing)
         if cell_report is None:
+            t_cell = time.time()
             cell = Cell(adapter, VARIANTS[vname], dt, dev, cfg, classify, golden.get(vname, []), on_case)
             results: list[CaseResult] = []
             for source in sources:
@@ -156,13 +163,16 @@ def run_adapter(adapter: Adapter | str, cfg: RunConfig, progress: Callable[[str]
                     cell_report.diagnosis["case_id"] = case.get("case_id")
                     report.warnings += classify.check_diagnosis(case.get("known_id"), cell_report.diagnosis)
             cases = [_slim(r) for r in results if Outcome.of(r.outcome) is not Outcome.UNSUPPORTED]
+            cell_report.seconds = round(time.time() - t_cell, 3)
         report.cells.append(cell_report)
         report.cases += cases
         if on_cell:
             on_cell({"cell": cell_report.to_dict(), "cases": cases})
         if progress:
             progress(f"{adapter.name}: {done}/{len(todo)} cells")
-    report.warnings += classify.unused(todo)
+    report.registry_unused = classify.unused(todo)
+    report.registry_used = sorted(classify.used)
+    report.warnings += list(report.registry_unused.values())
     report.seconds = time.time() - t0
     return report.to_dict()
 
@@ -303,14 +313,17 @@ def _exit_reason(rc: int) -> str:
 
 
 def run_isolated(names: list[str], cfg: RunConfig, jobs: int = 2,
-                 progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                 progress: Callable[[str], None] | None = None,
+                 configs: dict[str, RunConfig] | None = None) -> list[dict[str, Any]]:
     """Run each adapter in its own worker process; a crash or a hang becomes that adapter's error.
 
     Each worker is its own process group, killed whole on a timeout (``cfg.timeout`` per
     adapter, ``cfg.case_timeout`` per adapter call), when this process gets SIGTERM or
     SIGINT, and when it finishes; finished cells of a killed worker are kept.  The
-    temporary directory is removed at the end.
+    temporary directory is removed at the end.  ``configs`` gives an adapter its own
+    config (a shard's cells); others use ``cfg``.
     """
+    configs = configs or {}
     workdir = Path(tempfile.mkdtemp(prefix="ropeconf-run-"))
     pending = list(names)
     running: dict[str, _Worker] = {}
@@ -323,10 +336,11 @@ def run_isolated(names: list[str], cfg: RunConfig, jobs: int = 2,
             raise SystemExit(128 + signum)
 
     for name in list(pending):  # GPU-only built-ins on a machine with no GPU at all: no worker to start
-        why = _no_gpu_for(name, cfg)
+        why = _no_gpu_for(name, configs.get(name, cfg))
         if why:
             pending.remove(name)
-            reports[name] = AdapterReport.not_run(name, cells_of(cfg), Outcome.UNAVAILABLE, why).to_dict()
+            reports[name] = AdapterReport.not_run(name, cells_of(configs.get(name, cfg)), Outcome.UNAVAILABLE,
+                                                  why).to_dict()
             if progress:
                 progress(f"{name}: finished")
     old = {}
@@ -337,7 +351,7 @@ def run_isolated(names: list[str], cfg: RunConfig, jobs: int = 2,
         while pending or running:
             while pending and len(running) < max(1, jobs):
                 name = pending.pop(0)
-                running[name] = _Worker(name, cfg, workdir)
+                running[name] = _Worker(name, configs.get(name, cfg), workdir)
             time.sleep(0.1)
             for name, w in list(running.items()):
                 rc = w.proc.poll()
@@ -345,12 +359,13 @@ def run_isolated(names: list[str], cfg: RunConfig, jobs: int = 2,
                 if rc is None:
                     state = w.state()
                     now = time.time()
-                    if now - w.t0 > cfg.timeout:
+                    if now - w.t0 > w.cfg.timeout:
                         w.kill()
-                        report = w.broken(f"worker timed out after {cfg.timeout:g} s")
-                    elif state.get("case") and now - state.get("since", now) > cfg.case_timeout:
+                        report = w.broken(f"worker timed out after {w.cfg.timeout:g} s")
+                    elif state.get("case") and now - state.get("since", now) > w.cfg.case_timeout:
                         w.kill()
-                        report = w.broken(f"an adapter call hung for more than {cfg.case_timeout:g} s (--case-timeout)")
+                        report = w.broken(f"an adapter call hung for more than {w.cfg.case_timeout:g} s "
+                                          "(--case-timeout)")
                     elif progress and state.get("progress"):
                         progress(state["progress"])
                     if report is None:
