@@ -1,31 +1,62 @@
-"""Benchmarks for issue 2 (run: python benchmarks/bench_reference.py).
+"""Benchmarks for issues 2 and 12 (run: python benchmarks/bench_reference.py [--json out.json]).
 
-1. Golden-corpus regeneration time (target <= 15 s on 2 cores).
+1. Golden-corpus regeneration time (target <= 15 s on 2 cores; ``--skip-golden`` leaves it out).
 2. Reference ``apply`` throughput on a (4, 16, 2048, 128) float64 tensor as a ratio to
    ``np.copyto`` bandwidth measured in the same run (target >= 0.25x; naive NumPy ~0.06x).
    Both move the same bytes (read x, write out); the ratio is copy_time / apply_time.
    ``np.copyto`` writes into a preallocated array, so ``apply(..., out=buf)`` is the like-for-like
    figure; plain ``apply`` also pays for allocating (and page-faulting) its 134 MB result.
-Ratios are reported, measured side by side; absolute times on this machine are noisy.
+
+``apply`` is timed as shipped (``$ROPECONF_NATIVE`` unset: the compiled rotation of
+``ropeconf.reference.kernel`` for large NumPy inputs when a C compiler is there, bit-identical
+to NumPy) and with NumPy only (``ROPECONF_NATIVE=0``, ``apply_numpy*``).  The contenders run
+round-robin, ``--repeat`` times each (median reported), so a change of machine load hits all of
+them alike.  Ratios are the figures; absolute times on a shared machine are noisy.
+
+``main()`` returns the figures as a dict (for an aggregating script); ``--json`` also writes them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import statistics
+import sys
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 
 
-def best_of(fn, repeat: int) -> float:
-    ts = []
+def side_by_side(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+    """Median seconds per contender, the contenders interleaved round-robin ``repeat`` times."""
+    ts: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            ts[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in ts.items()}
+
+
+@contextlib.contextmanager
+def native(mode: str | None):
+    """``$ROPECONF_NATIVE`` set to ``mode`` (None: unset) for the duration."""
+    old = os.environ.get("ROPECONF_NATIVE")
+    if mode is None:
+        os.environ.pop("ROPECONF_NATIVE", None)
+    else:
+        os.environ["ROPECONF_NATIVE"] = mode
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("ROPECONF_NATIVE", None)
+        else:
+            os.environ["ROPECONF_NATIVE"] = old
 
 
 def naive_apply(x, pos, theta=10000.0):
@@ -39,20 +70,22 @@ def naive_apply(x, pos, theta=10000.0):
     return x * cos + rot * sin
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--shape", default="4,16,2048,128")
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=11)
+    ap.add_argument("--shape", default="4,16,2048,128", help="batch,heads,seq,head_dim")
+    ap.add_argument("--skip-golden", action="store_true", help="do not time the golden-corpus regeneration")
     ap.add_argument("--json", help="write the figures here")
-    a = ap.parse_args()
+    a = ap.parse_args([] if argv is None else argv)
     from ropeconf.golden_data import corpus
-    from ropeconf.reference import RopeSpec, apply
+    from ropeconf.reference import RopeSpec, apply, kernel
 
-    out: dict[str, float] = {}
-    with tempfile.TemporaryDirectory() as d:
-        t = time.perf_counter()
-        corpus.regenerate(d, jobs=2)
-        out["golden_regenerate_s"] = time.perf_counter() - t
+    out: dict[str, float | str | bool | None] = {}
+    if not a.skip_golden:
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            corpus.regenerate(d, jobs=2)
+            out["golden_regenerate_s"] = time.perf_counter() - t
 
     shape = tuple(int(v) for v in a.shape.split(","))
     rng = np.random.default_rng(0)
@@ -60,21 +93,42 @@ def main() -> None:
     pos = np.broadcast_to(np.arange(shape[2]), (shape[0], shape[2])).astype(np.int64)
     spec = RopeSpec(head_dim=shape[-1])
     dst = np.empty_like(x)
-    apply(spec, x, pos)  # warm the frequency cache
-    t_copy = best_of(lambda: np.copyto(dst, x), a.repeat)
-    t_apply = best_of(lambda: apply(spec, x, pos), a.repeat)
     buf = np.empty_like(x)
-    t_apply_out = best_of(lambda: apply(spec, x, pos, out=buf), a.repeat)
-    t_naive = best_of(lambda: naive_apply(x, pos), a.repeat)
-    out.update({"copyto_GBps": 2 * x.nbytes / t_copy / 1e9, "apply_ratio_to_copyto": t_copy / t_apply,
-                "apply_out_ratio_to_copyto": t_copy / t_apply_out,
-                "naive_ratio_to_copyto": t_copy / t_naive, "apply_s": t_apply, "copyto_s": t_copy})
+    with native(None):
+        shipped = apply(spec, x, pos)  # warms the frequency cache; builds the C rotation (cached on disk)
+    with native("0"):
+        numpy_only = apply(spec, x, pos)
+    out["native_unavailable_reason"] = kernel.native_unavailable_reason()
+    out["native_used"] = x.size >= kernel.NATIVE_MIN and out["native_unavailable_reason"] is None
+    out["apply_native_bit_identical"] = bool(np.array_equal(shipped.view(np.uint64), numpy_only.view(np.uint64)))
+    del shipped, numpy_only
+
+    def numpy_apply(**kw):
+        with native("0"):
+            return apply(spec, x, pos, **kw)
+
+    t = side_by_side({
+        "copyto": lambda: np.copyto(dst, x),
+        "apply": lambda: apply(spec, x, pos),
+        "apply_out": lambda: apply(spec, x, pos, out=buf),
+        "apply_numpy": numpy_apply,
+        "apply_numpy_out": lambda: numpy_apply(out=buf),
+        "naive": lambda: naive_apply(x, pos),
+    }, a.repeat)
+    out.update({"shape": a.shape, "repeat": a.repeat, "statistic": "median", "cpu_count": os.cpu_count() or 0,
+                "copyto_GBps": 2 * x.nbytes / t["copyto"] / 1e9})
+    for k, v in t.items():
+        out[f"{k}_s"] = v
+    for k in ("apply", "apply_out", "apply_numpy", "apply_numpy_out", "naive"):
+        out[f"{k}_ratio_to_copyto"] = t["copyto"] / t[k]
     for k, v in out.items():
-        print(f"{k:28} {v:10.3f}")
+        print(f"{k:34} {v:10.3f}" if isinstance(v, float) else f"{k:34} {v!s:>10}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=1)
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
+    sys.exit(0)

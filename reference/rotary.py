@@ -288,13 +288,20 @@ def _rotate(xp, spec: RopeSpec, x, c, s, out=None):
     """Rotate the first rotary_dim features of x by per-pair (c, s); pass the tail through.
 
     Per pair (a, b) -> (a c - b s, b c + a s): the same two products and one sum on
-    every path (``_exec.rotate_into`` does it in cache-sized slabs), so all paths give
-    bit-identical results.
+    every path (``_exec.rotate_into`` does it in cache-sized slabs; for large NumPy
+    arrays ``kernel.rotate_native`` does it in C, compiled without FMA contraction,
+    unless ``$ROPECONF_NATIVE=0``), so all paths give bit-identical results.
     """
     shape = tuple(np.broadcast_shapes(tuple(x.shape[:-1]), tuple(c.shape[:-1]))) + (spec.head_dim,)
     if out is not None and (tuple(out.shape) != shape or out.dtype != xp.float64):
         raise ValueError(f"out must be a float64 array of shape {shape}, got {out.dtype} {tuple(out.shape)}")
     r, h = spec.rotary_dim, spec.n_pairs
+    if tuple(x.shape) == shape and x.ndim >= 2 and _exec.native_module(x) is np:
+        from . import kernel  # the compiled rotation: the same products and sums, bit for bit (docs/kernel.md)
+
+        res = kernel.rotate_native(x, c, s, r, spec.layout == "half", out)
+        if res is not None:
+            return res
     if tuple(x.shape) == shape and x.ndim >= 2 and _exec.native_module(x) is not None:
         return _exec.rotate_into(x, c, s, r, spec.layout == "half", out)
     if spec.layout == "half":
@@ -366,6 +373,12 @@ def apply(spec: RopeSpec | dict, x, positions, seq_len: int | None = None, *, ro
         c, s = c * mag, s * mag
     npos = c.ndim - 1
     return _rotate(xp, spec, x, _align(xp, c, x, spec, npos), _align(xp, s, x, spec, npos), out)
+
+
+# The host side of the compiled kernel (ropeconf.reference.kernel) uses the same validation and tables as apply.
+check_positions = _check_positions
+default_seq_len = _default_seq_len
+omega_dd = _omega_dd
 
 
 def apply_angles(spec: RopeSpec | dict, x, angles):
