@@ -306,11 +306,15 @@ class FunctionAdapter(Adapter):
 
 
 def load_adapter(target: str | Adapter | Callable) -> Adapter:
-    """Resolve a built-in name, an entry point, or ``module:attr`` to an Adapter instance."""
+    """Resolve a built-in name, an entry point, ``module:attr`` or ``exec:COMMAND`` to an Adapter instance."""
     if isinstance(target, Adapter):
         return target
     if callable(target) and not isinstance(target, str):
         return _wrap(target, None)
+    if target.startswith("exec:"):  # a program in any language, through the line protocol (docs/protocol.md)
+        from .protocol import ExecAdapter
+
+        return ExecAdapter(target[len("exec:"):])
     from ropeconf.adapters import BUILTIN
 
     if target in BUILTIN:

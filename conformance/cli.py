@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     gp.add_argument("--adapter", nargs="*", action="extend", default=None)
     from . import parity
     parity.add_parser(sub)
+    from . import offline
+    offline.add_parser(sub)
     return ap
 
 
@@ -127,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "parity":
             from .parity import cmd_parity
             return cmd_parity(args)
+        if args.cmd == "judge":
+            from .offline import cmd_judge
+            return cmd_judge(args)
         ap.print_help()
         return EXIT_USAGE
     except (UsageError, ValueError, TypeError, OSError) as e:
@@ -202,6 +207,14 @@ def resolve_adapter_names(names: list[str]) -> None:
     eps = {ep.name for ep in importlib.metadata.entry_points(group="ropeconf.adapters")}
     for n in names:
         if n in BUILTIN or n in eps:
+            continue
+        if n.startswith("exec:"):  # a program spoken to through the line protocol (docs/protocol.md)
+            from .protocol import check_command
+
+            try:
+                check_command(n[len("exec:"):])
+            except ValueError as e:
+                raise UsageError(str(e)) from None
             continue
         mod, sep, attr = n.partition(":")
         if not sep or not mod or not attr:

@@ -8,6 +8,7 @@ dtype, device, or the golden case id).
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 from ropeconf.reference.variants import VARIANTS
@@ -29,7 +30,7 @@ def replay_case(minimal: dict[str, Any] | None, dtype: str, device: str) -> dict
 
 
 def replay_command(adapter: str, case: dict[str, Any]) -> str:
-    return f"ropeconf replay --adapter {adapter} --case '{json.dumps(case, separators=(',', ':'))}'"
+    return f"ropeconf replay --adapter {shlex.quote(adapter)} --case {shlex.quote(json.dumps(case, separators=(',', ':')))}"
 
 
 def diagnosis_line(d: dict[str, Any] | None) -> str | None:
