@@ -382,8 +382,9 @@ def identify(adapter: Adapter, spec: RopeSpec | None = None, dtype: str | None =
         result.update(identified=False, reason="no candidate spec could be fitted")
         return result
     best_r, best = scored[0]
-    if best_r <= 1.0:
-        best, best_r = _snap(adapter, best, probes, prec, dtype, best_r, pdt)
+    # also when the fit misses: a fitted theta of 10000.000000000027 is 1.3x the float64 tolerance
+    # away at position 2^16, the round 10000 the library was given is not
+    best, best_r = _snap(adapter, best, probes, prec, dtype, best_r, pdt)
     result.update(identified=bool(best_r <= 1.0), residual=best_r, best=_describe(best),
                   runner_up=_describe(scored[1][1]) | {"residual": scored[1][0]} if len(scored) > 1 else None)
     if best_r <= 1.0 and dtype == "float64":
@@ -405,8 +406,9 @@ SNAPPED = ("rope_theta", "factor", "attention_factor", "low_freq_factor", "high_
 
 def _snap(adapter: Adapter, spec: RopeSpec, probes: list[Probe], prec: Precision, dtype: str,
           r: float, positions_in: str | None = None) -> tuple[RopeSpec, float]:
-    """Each fitted scalar rounded to the fewest significant digits (1..7) that still conform: the
-    probes cannot tell 9999.98 from 10000, and the round value is what the library was given."""
+    """Each fitted scalar rounded to the fewest significant digits (1..7) that still conform (or fit
+    better than the raw fit): the probes cannot tell 9999.98 from 10000, and the round value is what
+    the library was given."""
     for name in SNAPPED:
         v = getattr(spec, name, None)
         if not isinstance(v, float) or v == 0 or not math.isfinite(v):
@@ -420,7 +422,7 @@ def _snap(adapter: Adapter, spec: RopeSpec, probes: list[Probe], prec: Precision
                 tr = residual(adapter, trial, probes, prec, dtype, positions_in=positions_in)
             except (ValueError, ArithmeticError):
                 continue
-            if tr <= 1.0:
+            if tr <= 1.0 or tr < r:
                 spec, r = trial, tr
                 break
     return spec, r

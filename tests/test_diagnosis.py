@@ -257,6 +257,25 @@ def test_identify_says_when_positions_are_rounded_to_bfloat16(toy_env):
     assert "positions: rounded to bfloat16" in render(got)
 
 
+def test_identify_a_textbook_float64_rope_with_float64_angles():
+    """The plain NumPy float64 formula (Su et al. 2021): identified as default, theta snapped to 10000
+    (the raw geometric fit is 1e-15 off, which at position 2^16 is beyond the float64 tolerance)."""
+    from ropeconf.conformance.identify import identify
+
+    def textbook(x, positions, spec):
+        d = spec["rotary_dim"]
+        inv = 1.0 / spec["rope_theta"] ** (np.arange(0, d, 2, dtype=np.float64) / d)
+        ang = positions.astype(np.float64)[..., None] * inv
+        c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
+        x1, x2 = x[..., :d // 2], x[..., d // 2:d]
+        return np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s, x[..., d:]], -1)
+
+    textbook.ropeconf_capabilities = {"dtypes": ["float64"], "positions": "arbitrary"}
+    got = identify(FunctionAdapter(textbook, "textbook"), RopeSpec(head_dim=64), "float64")
+    assert got["identified"] and got["best"]["rope_type"] == "default", got
+    assert RopeSpec.from_dict(got["best"]["spec"]).rope_theta == 10000.0 and got["angles"] == "float64"
+
+
 # ----------------------------------------------------------------------------- registry diagnoses
 def test_a_registry_diagnosis_must_name_a_catalogued_hypothesis(tmp_path):
     from ropeconf.conformance import registry
