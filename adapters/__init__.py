@@ -25,6 +25,8 @@ FAMILIES: dict[str, dict[str, str]] = {
              "ort-f32cache": "OrtRotaryF32Cache", "ort-contrib": "OrtContribRotary",
              "ort-contrib-f32cache": "OrtContribRotaryF32Cache", "torch-onnx": "TorchOnnxRotary",
              "torch-onnx-f32cache": "TorchOnnxRotaryF32Cache"},
+    # Apple MLX (mx.fast.rope) and mlx-lm (rope_utils), in their own environment (tox -e mlx)
+    "mlx": {"mlx-fast": "MlxFastRope", "mlx-lm": "MlxLmRope"},
     # torchtune
     "torchtune": {"torchtune": "TorchtuneRoPE", "torchtune-llama3": "TorchtuneLlama3"},
     # GPU-only kernels (shared plumbing in _gpu.py): unavailable, with the reason, without a CUDA GPU
