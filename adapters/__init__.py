@@ -10,7 +10,7 @@ adapter is used, so a missing or broken library never breaks the others.
 
 FAMILIES: dict[str, dict[str, str]] = {
     # Hugging Face transformers
-    "hf": {"hf": "HFTransformers"},
+    "hf": {"hf": "HFTransformers", "hf-nested": "HFTransformersNested"},
     # rotary-embedding-torch
     "rotary_torch": {"rotary-torch": "RotaryTorch", "rotary-torch-cached-keys": "RotaryTorchCachedKeys",
                      "rotary-torch-learned": "RotaryTorchLearned"},

@@ -34,10 +34,19 @@ and the model files named below; the installed source is the final word):
   it is then chosen to keep HF's validators quiet.
 * Stateful updates: HF's ``@dynamic_rope_update`` mutates the module
   (dynamic NTK grows ``inv_freq`` to max(position_ids)+1 past the cached
-  length and resets it below; LongRoPE caches ``long_inv_freq`` and swaps the
-  buffer).  The reference semantics are per call (seq_len = max(positions)+1),
-  so every ``run`` builds a FRESH config and rotary module: no state leaks
-  between calls (HF issues #25104/#25306 are about exactly that leakage).
+  length and resets it below ``original_max_seq_len``; LongRoPE caches
+  ``long_inv_freq`` and copies the long or short set into the buffer).  Two
+  ways to drive it:
+  - ``call`` (one case) builds a FRESH config and rotary module: the module's
+    first call, nothing carried over;
+  - ``instance(spec, dtype, device)`` builds ONE config and rotary module and
+    reuses it for every ``run`` of the live object, the way a model layer
+    calls its rotary embedding (prefill, decode steps, a later shorter
+    request, other dtypes): the suite's stateful scenarios exercise the
+    module's state through it.  The module stays float32 (as HF builds it);
+    each call's activations carry their own dtype.  (Dynamic NTK keeps the
+    grown frequencies for a later, shorter call that is still past L0:
+    conformance/known/hf.toml hf-dynamic-ntk-keeps-grown-frequencies.)
 * Precision: HF forms the angles ``position_ids.float() * inv_freq`` in float32
   for every activation dtype (also float64), then casts cos/sin to x.dtype, so
   the adapter declares ``angle_dtype='float32'``.
@@ -47,18 +56,41 @@ Unsupported (declared through ``why_unsupported``): interleaved layout, static
 schedules, LongRoPE's per-position switch (HF switches on the whole batch's
 max position: ``longrope_switch='sequence'``), non-integer positions,
 M-RoPE other than 3 streams, chunked M-RoPE with partial rotation.
+
+``HFTransformersNested`` ("hf-nested") builds the per-layer-type form that
+mixed-attention models use: ``layer_types`` = [sliding_attention,
+full_attention] and ``rope_parameters`` = {"full_attention": <the spec's
+dict>, "sliding_attention": {"rope_type": "default", "rope_theta": 10000}}
+(Gemma 3's shape: the scaled RoPE on the full-attention layers; the sliding
+dict takes the spec's partial_rotary_factor, as HF rejects a fully rotated odd
+head_dim), and runs the rotary module with ``layer_type="full_attention"``:
+
+* full rotation: ``Gemma3TextConfig`` + ``Gemma3RotaryEmbedding`` +
+  ``models.gemma3.modeling_gemma3.apply_rotary_pos_emb``;
+* partial rotation: ``LagunaConfig`` + ``LagunaRotaryEmbedding`` (its default
+  init reads ``partial_rotary_factor`` from the layer type's dict; Gemma 3's
+  does not) + ``models.laguna.modeling_laguna.apply_rotary_pos_emb`` (rotates
+  ``x[..., :rotary_dim]``, passes the tail);
+* no M-RoPE (the Qwen-VL modules take no layer_type).
+
+Its ``max_position_embeddings`` is global (one per config), as HF's dynamic NTK
+and its reset read it, so the mapping above applies unchanged.
+HF reads YaRN's ``truncate`` from the top-level dict, not the layer type's, so a
+nested ``truncate=False`` computes truncate=True (conformance/known/hf.toml
+hf-nested-yarn-truncate-read-from-top-level).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 
 import numpy as np
 
 from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics
 from ropeconf.reference import RopeSpec
-from ropeconf.reference.dtypes import DTYPES
+from ropeconf.reference.dtypes import DTYPES, name_of
 
 from ._torch import to_numpy, to_torch
 
@@ -185,10 +217,9 @@ class HFTransformers(Adapter):
 
         return C, m.LlamaRotaryEmbedding, m.apply_rotary_pos_emb
 
-    def build(self, spec: RopeSpec, heads: int = 1):
-        """A fresh (config, rotary module, apply function) for ``spec``."""
-        config_cls, rotary_cls, apply_fn = self._modules(spec)
-        kwargs = dict(
+    def config_kwargs(self, spec: RopeSpec, heads: int = 1) -> dict:
+        """The keyword arguments of the model config for ``spec``."""
+        return dict(
             hidden_size=spec.head_dim * heads,
             num_attention_heads=heads,
             max_position_embeddings=_max_position_embeddings(spec),
@@ -197,6 +228,11 @@ class HFTransformers(Adapter):
             intermediate_size=4,
             vocab_size=8,
         )
+
+    def build(self, spec: RopeSpec, heads: int = 1):
+        """A fresh (config, rotary module, apply function) for ``spec``."""
+        config_cls, rotary_cls, apply_fn = self._modules(spec)
+        kwargs = self.config_kwargs(spec, heads)
         if config_cls.__name__ != "GPTNeoXConfig":  # GPT-NeoX derives head_dim = hidden_size // heads
             kwargs.update(head_dim=spec.head_dim, num_key_value_heads=heads)
         with _quiet_transformers():
@@ -204,19 +240,92 @@ class HFTransformers(Adapter):
             rotary = rotary_cls(config)
         return config, rotary, apply_fn
 
-    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+    def forward(self, rotary, xt, pos):
+        """cos, sin from the rotary module (the flat form: no layer type)."""
+        return rotary(xt, pos)
+
+    def rotate(self, rotary, apply_fn, x, positions, spec: RopeSpec, dtype: str, device: str):
+        """One call of a (fresh or live) rotary module and the model's apply_rotary_pos_emb."""
         import torch
 
-        x = np.asarray(x)
-        heads = int(x.shape[1]) if x.ndim == 4 else 1
-        # FRESH module per call: HF's dynamic/longrope updates are stateful (see module doc).
-        _, rotary, apply_fn = self.build(spec, heads=max(heads, 1))
-        rotary = rotary.to(device)
-        xt = to_torch(x, dtype, device)
+        xt = to_torch(np.asarray(x), dtype, device)
         pos = torch.from_numpy(np.ascontiguousarray(np.asarray(positions), dtype=np.int64)).to(device)
         if spec.mrope_section is not None:
             pos = pos.permute(2, 0, 1).contiguous()  # (batch, seq, 3) -> HF's (3, batch, seq)
         with torch.no_grad(), _quiet_transformers():
-            cos, sin = rotary(xt, pos)
+            cos, sin = self.forward(rotary, xt, pos)
             q, _ = apply_fn(xt, xt, cos, sin)  # unsqueeze_dim=1: x is (batch, heads, seq, head_dim)
         return to_numpy(q)
+
+    def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+        # FRESH module per call: the module's first call, no state carried over (``instance`` keeps it).
+        _, rotary, apply_fn = self.build(spec)
+        return self.rotate(rotary.to(device), apply_fn, x, positions, spec, dtype, device)
+
+    def instance(self, spec, dtype, device="cpu"):
+        """ONE config and rotary module for ``spec``, reused by every ``run``: its dynamic state lives."""
+        return LiveRotary(self, spec, device)
+
+
+class LiveRotary:
+    """One HF rotary module called repeatedly, like a model layer's (``Adapter.instance``).
+
+    ``run`` checks each call against the adapter's declaration and the machine exactly as
+    ``Adapter.run`` does, then calls the same module again; the module is built on the first
+    call (after the checks) and kept, with whatever ``@dynamic_rope_update`` left in it.
+    """
+
+    def __init__(self, adapter: HFTransformers, spec: RopeSpec, device: str = "cpu"):
+        self.adapter, self.spec, self.device = adapter, spec, device
+        self.config = self.rotary = self.apply_fn = None
+        self.calls = 0
+
+    def run(self, x, positions, role: str = "query"):
+        from ropeconf.conformance.adapter import Unsupported
+
+        a, spec, device = self.adapter, self.spec, self.device
+        dtype = name_of(np.asarray(x).dtype) or "float64"
+        a.require_supported(spec, dtype, device, positions)
+        missing = a.device_unavailable(device)
+        if missing:
+            raise Unsupported(f"{a.name} adapter: device={device} unavailable here: {missing}")
+        if self.rotary is None:
+            self.config, rotary, self.apply_fn = a.build(spec)
+            self.rotary = rotary.to(device)
+        self.calls += 1
+        return a.rotate(self.rotary, self.apply_fn, x, positions, spec, dtype, device)
+
+
+# ---------------------------------------------------------------------------------------------- nested
+_LAYER = "full_attention"      # the layer type whose dict carries the spec (Gemma 3: the scaled RoPE)
+_OTHER = "sliding_attention"   # the other layer type: plain RoPE, theta 1e4 (Gemma 3's local layers)
+
+
+class HFTransformersNested(HFTransformers):
+    """The per-layer-type ``rope_parameters`` form (Gemma 3 / Laguna), run on the full-attention layer."""
+
+    name = "hf-nested"
+    capabilities = dataclasses.replace(HFTransformers.capabilities, mrope=False)
+
+    def _modules(self, spec: RopeSpec):
+        if spec.rotary_dim < spec.head_dim:
+            from transformers.models.laguna import modeling_laguna as m
+            from transformers.models.laguna.configuration_laguna import LagunaConfig as C
+
+            return C, m.LagunaRotaryEmbedding, m.apply_rotary_pos_emb
+        from transformers.models.gemma3 import modeling_gemma3 as m
+        from transformers.models.gemma3.configuration_gemma3 import Gemma3TextConfig as C
+
+        return C, m.Gemma3RotaryEmbedding, m.apply_rotary_pos_emb
+
+    def config_kwargs(self, spec: RopeSpec, heads: int = 1) -> dict:
+        kwargs = super().config_kwargs(spec, heads)
+        other = {"rope_type": "default", "rope_theta": 10000.0}
+        if "partial_rotary_factor" in kwargs["rope_parameters"]:  # HF rejects a fully rotated odd head_dim
+            other["partial_rotary_factor"] = kwargs["rope_parameters"]["partial_rotary_factor"]
+        kwargs.update(num_hidden_layers=2, layer_types=[_OTHER, _LAYER],
+                      rope_parameters={_LAYER: kwargs["rope_parameters"], _OTHER: other})
+        return kwargs
+
+    def forward(self, rotary, xt, pos):
+        return rotary(xt, pos, layer_type=_LAYER)

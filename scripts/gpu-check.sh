@@ -195,7 +195,7 @@ fi
 ADAPTERS=$("$PY" - <<'EOF'
 from ropeconf.adapters import BUILTIN, FAMILIES
 
-TORCH_BASED = ["hf", "rotary-torch", "rotary-torch-cached-keys", "rotary-torch-learned", "keras-torch",
+TORCH_BASED = ["hf", "hf-nested", "rotary-torch", "rotary-torch-cached-keys", "rotary-torch-learned", "keras-torch",
                "torch-onnx", "torch-onnx-f32cache", "torchtune", "torchtune-llama3", "zeta"]
 OTHER_CUDA = ["ort", "ort-f32cache", "ort-contrib", "ort-contrib-f32cache", "max"]
 names = [n for n in TORCH_BASED + OTHER_CUDA if n in BUILTIN]

@@ -1,12 +1,18 @@
-"""Hugging Face transformers adapter (adapters/hf.py): mapping, declared limits, findings.
+"""Hugging Face transformers adapters (adapters/hf.py): mapping, declared limits, live state, findings.
 
 Runs only where torch and transformers import (the project's .venv).  The findings asserted at the
-end are the ones docs/findings/hf.md and conformance/known/hf.toml record.
+end are the ones docs/findings/hf.md and conformance/known/hf.toml record.  ``hf-nested`` is loaded as
+``ropeconf.adapters.hf:HFTransformersNested`` where a name is needed (until it has a FAMILIES line).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +21,16 @@ pytest.importorskip("torch", reason="torch not installed (the hf adapter needs t
 pytest.importorskip("transformers", reason="transformers not installed (pip install 'transformers>=5')")
 
 from ropeconf.adapters._torch import cuda_available  # noqa: E402
-from ropeconf.adapters.hf import HFTransformers  # noqa: E402
+from ropeconf.adapters.hf import HFTransformers, HFTransformersNested, LiveRotary  # noqa: E402
 from ropeconf.conformance import registry  # noqa: E402
+from ropeconf.conformance.adapter import Unsupported  # noqa: E402
+from ropeconf.conformance.config import RunConfig  # noqa: E402
 from ropeconf.conformance.judge import judge, judge_case, make_input  # noqa: E402
+from ropeconf.conformance.outcome import EXIT_FAIL, EXIT_OK  # noqa: E402
+from ropeconf.conformance.runner import Classifier, run_adapter  # noqa: E402
+from ropeconf.conformance.sources import run_scenario  # noqa: E402
 from ropeconf.conformance.tolerance import angle_magnitude, pair_norm  # noqa: E402
-from ropeconf.reference import RopeSpec, angles, apply  # noqa: E402
+from ropeconf.reference import RopeSpec, angles, apply, inv_freq  # noqa: E402
 from ropeconf.reference.variants import VARIANTS  # noqa: E402
 
 U32 = 2.0 ** -24
@@ -41,8 +52,8 @@ def _bound(spec, ref, pos):
     return pair_norm(ref, spec.rotary_dim, spec.layout) * U32 * (C_ANGLE * phi[:, None] + C_CONST)
 
 
-def _run(spec, pos, dtype="float64", heads=2, seed=0, x=None):
-    a = HFTransformers()
+def _run(spec, pos, dtype="float64", heads=2, seed=0, x=None, adapter=HFTransformers):
+    a = adapter()
     if x is None:
         x = make_input(spec, pos.shape[0], heads, pos.shape[1], dtype, seed)
     y = np.asarray(a.run(x, pos, spec, dtype=dtype), dtype=np.float64)
@@ -237,8 +248,10 @@ def test_llama3_float32_omega_conditioning_is_within_the_model():
     assert r_def.outcome == "diverges"
 
 
-def test_finding_yarn_correction_range_double_rounding():
-    """conformance/known/hf.toml hf-yarn-correction-range-double-rounding."""
+def test_observation_yarn_correction_range_double_rounding_is_not_registered():
+    """Observation (docs/findings/hf.md): constructed doubles put YaRN's correction dimension within ~1e-16
+    of an integer; HF decides floor/ceil on the double.  Drawn parameters never reach such a value, so the
+    former entry hf-yarn-correction-range-double-rounding matched no case and was removed."""
     spec = RopeSpec(head_dim=128, rope_type="yarn", rope_theta=461754.91841972177, factor=4.0,
                     original_max_position_embeddings=32768)
     pos = np.arange(8)[None].astype(np.int64)
@@ -248,3 +261,274 @@ def test_finding_yarn_correction_range_double_rounding():
     # the neighbouring double theta conforms: the decision sits on a 1e-17 boundary
     close = spec.replace(rope_theta=461754.9184197218)
     assert judge(HFTransformers(), close, x, pos, dtype="float32").outcome == "conforms"
+    assert "hf-yarn-correction-range-double-rounding" not in {e.id for e in _entries()}
+
+
+# ---------------------------------------------------------------------------------------------- live state
+_DYN = RopeSpec(head_dim=8, rope_type="dynamic", factor=4.0, original_max_position_embeddings=2048)
+# the minimal stateful case: grow past L0, then a shorter call still past L0 (the module keeps seq_len 4097)
+_STALE = {"kind": "grow_then_short", "instances": [_DYN.to_dict()],
+          "calls": [{"instance": 0, "positions": [[4096]], "dtype": "float32", "seed": 1},
+                    {"instance": 0, "positions": [[2049]], "dtype": "float32", "seed": 2}]}
+
+
+def _scenario(spec, *calls, dtype="float32"):
+    return {"kind": "grow_then_short", "instances": [spec],
+            "calls": [{"instance": 0, "positions": p, "dtype": dtype, "seed": k + 1} for k, p in enumerate(calls)]}
+
+
+def _classifier(name):
+    return Classifier(_entries(), name, HFTransformers().version())
+
+
+@pytest.mark.parametrize("adapter", [HFTransformers, HFTransformersNested])
+def test_instance_reuses_one_module_and_its_dynamic_state(adapter):
+    a = adapter()
+    live = a.instance(_DYN, "float32")
+    assert live is not None and live.rotary is None  # built on its first call, after the checks
+    prefix = "full_attention_" if adapter is HFTransformersNested else ""
+    x = make_input(_DYN, 1, 1, 1, "float32", 0)
+    live.run(x, np.array([[100]]))
+    module = live.rotary
+    assert int(getattr(module, f"{prefix}max_seq_len_cached", module.max_seq_len_cached)) == 2048
+    live.run(x, np.array([[4096]]))                       # growth: the module's state changes
+    assert live.rotary is module and live.calls == 2
+    assert int(getattr(module, f"{prefix}max_seq_len_cached")) == 4097
+    grown = getattr(module, f"{prefix}inv_freq").clone()
+    live.run(x, np.array([[2049]]))                       # L0 <= seq_len < cached: kept (the finding)
+    assert np.array_equal(getattr(module, f"{prefix}inv_freq").numpy(), grown.numpy())
+    live.run(x, np.array([[1000]]))                       # below L0: reset
+    assert int(getattr(module, f"{prefix}max_seq_len_cached")) == 2048
+    assert np.array_equal(getattr(module, f"{prefix}inv_freq").numpy(),
+                          getattr(module, f"{prefix}original_inv_freq").numpy())
+    # other dtypes go through the same module (it stays float32, as HF builds it)
+    y = live.run(make_input(_DYN, 1, 1, 1, "bfloat16", 0), np.array([[5]]))
+    assert live.rotary is module and np.asarray(y).dtype.name == "bfloat16"
+
+
+def test_instance_checks_each_call_like_run():
+    live = HFTransformers().instance(_DYN, "float32")
+    with pytest.raises(Unsupported, match="empty positions"):
+        live.run(np.zeros((1, 1, 0, 8), np.float32), np.zeros((1, 0), np.int64))
+    assert live.rotary is None
+
+
+def test_call_stays_stateless_while_instances_keep_state():
+    """``call`` builds a fresh module each time: the sequence that diverges on an instance conforms call by call."""
+    a = HFTransformers()
+    fresh = [judge_case(a, _DYN, np.array(p), dtype="float32").outcome for p in ([[4096]], [[2049]])]
+    assert fresh == ["conforms", "conforms"]
+    live = [r.outcome for r in run_scenario(a, _STALE, "cpu")]
+    assert live == ["conforms", "diverges"]
+
+
+@pytest.mark.parametrize("adapter", [HFTransformers, HFTransformersNested])
+@pytest.mark.parametrize("calls, outcomes", [
+    ([[[4096]], [[2049]]], ["conforms", "diverges"]),              # shorter, still past L0: kept
+    ([[[16384]], [list(range(2040, 2048))]], ["conforms", "diverges"]),  # seq_len == L0: not reset (strict <)
+    ([[[3000]], [[4096]], [[3500]]], ["conforms", "conforms", "diverges"]),
+    ([[[4096]], [[2046]], [[2049]]], ["conforms", "conforms", "conforms"]),  # reset below L0, then grows again
+    ([[[2049]], [[3000]], [[4096]]], ["conforms", "conforms", "conforms"]),  # decode-like growth only
+])
+def test_dynamic_state_sequences(adapter, calls, outcomes):
+    rs = run_scenario(adapter(), _scenario(_DYN, *calls), "cpu")
+    assert [r.outcome for r in rs] == outcomes, [(r.outcome, r.max_ratio) for r in rs]
+
+
+def test_dynamic_stale_output_is_the_reference_at_the_cached_length():
+    """What HF computes for the stale call is exactly the reference at the earlier, longer sequence length."""
+    live = HFTransformers().instance(_DYN, "float64")
+    live.run(make_input(_DYN, 1, 1, 1, "float64", 1), np.array([[4096]]))
+    x = make_input(_DYN, 1, 1, 1, "float64", 2)
+    y = np.asarray(live.run(x, np.array([[2049]])))
+    at_cached = np.asarray(apply(_DYN, np.concatenate([x, x], axis=2), np.array([[2049, 4096]])))[:, :, :1]
+    at_own = np.asarray(apply(_DYN, x, np.array([[2049]])))
+    assert np.max(np.abs(y - at_cached)) < 1e-4 < 1.0 < np.max(np.abs(y - at_own))
+
+
+@pytest.mark.parametrize("adapter", [HFTransformers, HFTransformersNested])
+def test_longrope_instance_switches_both_ways(adapter):
+    """LongRoPE's update picks long/short per call (torch.where on this call's seq_len): no stale state."""
+    spec = SUPPORTED["longrope-long"]
+    rs = run_scenario(adapter(), _scenario(spec, [[0, 5, 200]], [[0, 3, 5]], [[0, 7, 9]], [[1, 2, 3]],
+                                           dtype="float64"), "cpu")
+    assert [r.outcome for r in rs] == ["conforms"] * 4, [(r.outcome, r.max_ratio) for r in rs]
+
+
+# ---------------------------------------------------------------------------------------------- nested
+NESTED = {k: v for k, v in SUPPORTED.items() if v.mrope_section is None and not (v.rope_type == "yarn"
+                                                                                   and not v.truncate)}
+
+
+def test_nested_declares_its_name_and_no_mrope():
+    a = HFTransformersNested()
+    assert (a.name, a.distribution) == ("hf-nested", "transformers")
+    assert not a.capabilities.mrope and a.precision == HFTransformers.precision
+    assert "mrope_section" in a.why_unsupported(SUPPORTED["mrope"], "float32", "cpu")
+
+
+@pytest.mark.parametrize("name", ["default", "yarn-notrunc", "partial-yarn", "partial-odd-tail"])
+def test_nested_builds_per_layer_type_rope_parameters(name):
+    spec = SUPPORTED[name]
+    config, rotary, _ = HFTransformersNested().build(spec)
+    assert config.layer_types == ["sliding_attention", "full_attention"]
+    assert set(config.rope_parameters) == {"sliding_attention", "full_attention"}
+    full = config.rope_parameters["full_attention"]
+    assert full["rope_type"] == spec.rope_type and full["rope_theta"] == spec.rope_theta
+    assert config.rope_parameters["sliding_attention"]["rope_type"] == "default"
+    expect = "LagunaRotaryEmbedding" if spec.rotary_dim < spec.head_dim else "Gemma3RotaryEmbedding"
+    assert type(rotary).__name__ == expect
+    assert rotary.full_attention_inv_freq.numel() == spec.rotary_dim // 2
+    if spec.rope_type == "yarn":
+        assert full["truncate"] is spec.truncate  # the spec's value is in the layer's dict (HF does not read it)
+
+
+@pytest.mark.parametrize("name", sorted(NESTED))
+def test_nested_matches_reference_float64_short(name):
+    spec = NESTED[name]
+    pos = _short()
+    _, y, ref = _run(spec, pos, adapter=HFTransformersNested)
+    err = np.abs(y - ref)
+    assert np.all(err <= _bound(spec, ref, pos)), f"{name}: worst {np.max(err / _bound(spec, ref, pos)):.2f} x bound"
+
+
+def test_nested_runs_the_full_attention_layer():
+    """The spec's dict is the full-attention one; the sliding layer is plain theta 1e4 (a wrong pick would show)."""
+    spec = RopeSpec(head_dim=64, rope_theta=500000.0)
+    pos = np.array([[3, 900, 40000]], dtype=np.int64)
+    _, y, ref = _run(spec, pos, adapter=HFTransformersNested)
+    assert np.all(np.abs(y - ref) <= _bound(spec, ref, pos))
+    other = np.asarray(apply(spec.replace(rope_theta=10000.0), make_input(spec, 1, 2, 3, "float64", 0), pos))
+    assert np.max(np.abs(y - other)) > 1e-2
+
+
+def test_finding_nested_yarn_truncate_read_from_top_level():
+    """conformance/known/hf.toml hf-nested-yarn-truncate-read-from-top-level: the nested dict's truncate=False
+    is ignored (HF reads config.rope_parameters.get("truncate", True)); the flat form honours it."""
+    spec = VARIANTS["yarn-notrunc"].spec()
+    pos = (4096 + np.arange(8))[None].astype(np.int64)
+    nested = judge_case(HFTransformersNested(), spec, pos, dtype="float32", heads=2)
+    flat = judge_case(HFTransformers(), spec, pos, dtype="float32", heads=2)
+    assert flat.outcome == "conforms" and nested.outcome == "diverges" and nested.max_ratio > 1e4
+    # what HF computes is the truncate=True schedule
+    hf = HFTransformersNested().build(spec)[1].full_attention_inv_freq.double().numpy()
+    assert np.max(np.abs(hf / inv_freq(spec.replace(truncate=True))[0] - 1)) < 1e-6
+    assert np.max(np.abs(hf / inv_freq(spec)[0] - 1)) > 0.5
+    # truncate=True specs conform in the nested form
+    assert judge_case(HFTransformersNested(), spec.replace(truncate=True), pos, dtype="float32").outcome == "conforms"
+
+
+def test_finding_nested_truncate_is_known_through_the_suite():
+    rep = run_adapter(HFTransformersNested(), RunConfig(variants=("yarn-notrunc",), dtypes=("float32",),
+                                                        skip=("golden", "metamorphic")))
+    cell = rep["cells"][0]
+    assert cell["outcome"] == "known", cell
+    assert cell["minimal"]["known_id"] == "hf-nested-yarn-truncate-read-from-top-level"
+    assert not rep.get("warnings")
+    assert {c["outcome"] for c in rep["cases"]} <= {"conforms", "known"}
+
+
+@pytest.mark.parametrize("adapter", [HFTransformers, HFTransformersNested])
+def test_finding_dynamic_stale_state_is_known_through_the_suite(adapter):
+    """conformance/known/hf.toml hf-dynamic-ntk-keeps-grown-frequencies: the classifier the suite uses."""
+    a = adapter()
+    rs = run_scenario(a, _STALE, "cpu", variant="dynamic", classify=_classifier(a.name))
+    assert [r.outcome for r in rs] == ["conforms", "known"]
+    assert rs[1].known_id == "hf-dynamic-ntk-keeps-grown-frequencies" and rs[1].source == "stateful"
+    # the same call judged alone (not stateful) is not covered by the entry: it conforms anyway
+    alone = judge_case(a, _DYN, np.array([[2049]]), dtype="float32")
+    assert alone.outcome == "conforms"
+
+
+def test_finding_dynamic_stale_state_drawn_by_the_stateful_source():
+    """The dev profile's stateful scenarios draw the stale case themselves and report it known, diagnosed
+    as state (the registry's diagnosis key: a different first explanation would be a warning)."""
+    rep = run_adapter(HFTransformers(), RunConfig(variants=("dynamic",), dtypes=("float32",), profile="dev",
+                                                  skip=("golden", "properties", "metamorphic")))
+    cell = rep["cells"][0]
+    assert cell["outcome"] == "known", cell
+    assert cell["minimal"]["known_id"] == "hf-dynamic-ntk-keeps-grown-frequencies"
+    assert cell["minimal"]["scenario"]["kind"] == "grow_then_short"
+    assert cell["diagnosis"]["explained_by"][0]["hypothesis"] == "state"
+    assert not rep.get("warnings")
+
+
+_VARIANTS_LIVE = ("default", "linear", "yarn", "yarn-deepseek", "longrope", "llama3")
+
+
+@pytest.mark.parametrize("adapter, extra", [(HFTransformers, ("mrope", "mrope-interleaved")),
+                                            (HFTransformersNested, ())])
+def test_stateful_source_conforms_through_one_live_module(adapter, extra):
+    """Correct configurations (no registered entry) conform on every stateful scenario kind (decode, ragged,
+    grow_then_short, dtype_switch, two_specs), each played on live objects that reuse one HF module."""
+    a, made = adapter(), []
+    build = a.instance
+    a.instance = lambda *args, **kw: made.append(build(*args, **kw)) or made[-1]
+    rep = run_adapter(a, RunConfig(variants=_VARIANTS_LIVE + extra, dtypes=("float32",),
+                                   skip=("golden", "properties", "metamorphic")))
+    assert {c["outcome"] for c in rep["cells"]} == {"conforms"}, [(c["variant"], c["dtype"], c["outcome"])
+                                                                  for c in rep["cells"]]
+    judged = [c for c in rep["cases"] if c["source"] == "stateful" and c["outcome"] == "conforms"]
+    kinds = {c["case_id"].split(":")[1] for c in judged}
+    assert kinds == {"decode", "ragged", "grow_then_short", "dtype_switch", "two_specs"}, kinds
+    assert made and all(isinstance(m, LiveRotary) for m in made)
+    reused = [m for m in made if m.calls > 1]
+    assert reused and all(m.rotary is not None for m in reused)  # one module served several calls
+    # at most "matched no case" (yarn without yarn-notrunc reaches the nested truncate entry's scope)
+    assert all("matched no case" in w for w in rep.get("warnings") or []), rep["warnings"]
+
+
+def _registered_replays():
+    """The replay command written above each entry of conformance/known/hf.toml: (adapter, case)."""
+    text = (Path(registry.__file__).parent / "known" / "hf.toml").read_text()
+    found = re.findall(r"^# ropeconf replay --adapter (\S+) --case '(.*)'\n(?:#.*\n)*"
+                       r"\[\[divergence\]\]\nid = \"([^\"]+)\"", text, re.M)
+    return {eid: (adapter, case) for adapter, case, eid in found}
+
+
+def test_every_entry_has_a_replay_command():
+    assert set(_registered_replays()) == {e.id for e in _entries()}
+
+
+@pytest.mark.parametrize("eid", ["hf-dynamic-ntk-keeps-grown-frequencies",
+                                 "hf-nested-yarn-truncate-read-from-top-level"])
+def test_registered_replay_commands_reproduce(eid, capsys):
+    """Each entry's replay command fails (the case diverges against the reference); its contrast conforms:
+    the flat form for the nested finding, each call alone on a fresh module for the stateful one."""
+    from ropeconf.conformance.cli import main
+
+    adapter, case = _registered_replays()[eid]
+    capsys.readouterr()
+    assert main(["replay", "--adapter", adapter, "--case", case]) == EXIT_FAIL
+    out = capsys.readouterr().out
+    c = json.loads(case)
+    if "scenario" in c:
+        assert [json.loads(ln)["outcome"] for ln in out.splitlines() if ln.startswith("{")] == ["conforms", "diverges"]
+        for call in c["scenario"]["calls"]:
+            alone = json.dumps({"spec": c["scenario"]["instances"][0], "positions": call["positions"],
+                                "dtype": call["dtype"], "seed": call["seed"]})
+            assert main(["replay", "--adapter", adapter, "--case", alone]) == EXIT_OK
+    else:
+        assert json.loads(out)["outcome"] == "diverges" and json.loads(out)["max_ratio"] > 1e4
+        assert json.loads(out)["diagnosis"]["explained_by"][0]["hypothesis"] == "yarn-truncate"
+        assert main(["replay", "--adapter", "hf", "--case", case]) == EXIT_OK
+
+
+def test_replay_of_the_minimal_stateful_case_diverges_through_the_real_cli():
+    """The stateful replay through the command line itself (one subprocess; the nested adapter's in-process below)."""
+    case = json.dumps({"scenario": _STALE, "device": "cpu"})
+    r = subprocess.run([sys.executable, "-m", "ropeconf.conformance.cli", "replay", "--adapter", "hf",
+                        "--case", case], capture_output=True, text=True, timeout=600)
+    assert r.returncode == EXIT_FAIL, r.stdout + r.stderr
+    lines = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert [ln["outcome"] for ln in lines] == ["conforms", "diverges"]
+
+
+def test_replay_of_the_stateful_case_on_the_nested_adapter(capsys):
+    from ropeconf.conformance.cli import main
+
+    case = json.dumps({"scenario": _STALE, "device": "cpu"})
+    capsys.readouterr()
+    assert main(["replay", "--adapter", "ropeconf.adapters.hf:HFTransformersNested", "--case", case]) == EXIT_FAIL
+    assert [json.loads(ln)["outcome"] for ln in capsys.readouterr().out.splitlines()
+            if ln.startswith("{")] == ["conforms", "diverges"]
