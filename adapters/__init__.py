@@ -27,6 +27,8 @@ FAMILIES: dict[str, dict[str, str]] = {
              "torch-onnx-f32cache": "TorchOnnxRotaryF32Cache"},
     # Apple MLX (mx.fast.rope) and mlx-lm (rope_utils), in their own environment (tox -e mlx)
     "mlx": {"mlx-fast": "MlxFastRope", "mlx-lm": "MlxLmRope"},
+    # llama.cpp's ggml (ggml-python, built from source), in its own tox environment
+    "ggml": {"ggml": "GgmlRope"},
     # torchtune
     "torchtune": {"torchtune": "TorchtuneRoPE", "torchtune-llama3": "TorchtuneLlama3"},
     # GPU-only kernels (shared plumbing in _gpu.py): unavailable, with the reason, without a CUDA GPU

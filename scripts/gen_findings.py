@@ -53,6 +53,10 @@ def render() -> str:
 
 
 if __name__ == "__main__":
+    unknown = [a for a in sys.argv[1:] if a != "--check"]
+    if unknown:
+        sys.exit(f"usage: python scripts/gen_findings.py [--check]  (unknown: {' '.join(unknown)}); "
+                 "writes docs/findings.md, or with --check exits 1 if it is stale")
     text = render()
     if "--check" in sys.argv:
         sys.exit(0 if OUT.read_text() == text else 1)
