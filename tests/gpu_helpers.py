@@ -83,8 +83,10 @@ CALLER_TABLE_ROPE_TYPES = {"default", "linear", "ntk", "dynamic", "yarn", "longr
 
 
 def gpu_builtin(family: str) -> dict[str, str]:
-    """Built-in name -> ``module:attribute`` of one GPU family's adapters."""
-    return {k: v for k, v in BUILTIN.items() if v.startswith(f"ropeconf.adapters.{family}:")}
+    """Built-in name -> ``module:attribute`` of one GPU family's CUDA adapters (a family may also have CPU
+    adapters: vllm's ``vllm-cpu*``, tested in its own file)."""
+    return {k: v for k, v in BUILTIN.items()
+            if v.startswith(f"ropeconf.adapters.{family}:") and "cuda" in load_adapter(v).capabilities.devices}
 
 
 # =========================================================================== declarations and reasons
