@@ -109,6 +109,27 @@ def test_a_precision_convention_is_a_hint_not_a_bug():
     assert judge_case(declared, spec, pos, dtype="float64", heads=1).outcome == "conforms"
 
 
+def test_rounded_tables_do_not_explain_a_few_unrotated_pairs():
+    """Two lowest-frequency pairs left unrotated (ggml's IMROPE text tokens): small enough to hide under a
+    bfloat16-table bound, but rounded tables would move every pair; the diagnosis must not name them."""
+    base = planted(())
+
+    def unrotated(x, positions, spec, role="query"):
+        y = np.array(base(x, positions, spec, role))
+        h = spec["rotary_dim"] // 2
+        for j in (h - 2, h - 1):
+            y[..., j], y[..., h + j] = x[..., j], x[..., h + j]
+        return y
+
+    unrotated.ropeconf_capabilities = base.ropeconf_capabilities
+    spec, pos = RopeSpec(head_dim=128, rope_theta=1e6), np.array([[3, 17, 40, 123, 512, 1000, 4000]])
+    adapter = FunctionAdapter(unrotated, "unrotated")
+    assert judge_case(adapter, spec, pos, dtype="float32", heads=1).outcome == "diverges"
+    d = diagnose(adapter, spec, pos, "float32")
+    assert not any(e["hypothesis"].startswith("cos-sin-") for e in d["explained_by"]), d
+    # and the planted bfloat16 tables still are (test_each_planted_convention_is_diagnosed_first)
+
+
 def test_no_catalogued_convention_gives_the_error_structure():
     def scaled(x, positions, spec, role="query"):
         y = planted(())(x, positions, spec, role)
