@@ -17,7 +17,7 @@ FAMILIES: dict[str, dict[str, str]] = {
     # KerasHub RotaryEmbedding, one worker process per Keras backend
     "keras_hub": {"keras-torch": "KerasHubTorch", "keras-jax": "KerasHubJax", "keras-tf": "KerasHubTensorflow"},
     # Modular MAX graph API on CPU
-    "max": {"max": "MaxRotary"},
+    "max": {"max": "MaxRotary", "max-fused": "MaxFusedRotary"},
     # zetascale, in its own environment
     "zeta": {"zeta": "ZetaRotary"},
     # ONNX family: reference-built caches and conventional float32 caches

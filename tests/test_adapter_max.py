@@ -1,9 +1,13 @@
 """Modular MAX adapter (adapters/max.py).
 
-Compiling one MAX graph costs ~45-60 s of CPU cold (~4 s with a warm
-$MODULAR_CACHE_DIR), so this module compiles exactly ONE configuration:
-default RoPE, half layout, float32, head_dim 64.  That one compiled model must
-serve every batch / heads / seq / start position (symbolic dims).  The tests
+Compiling one MAX graph costs ~35 s of CPU plus ~20 s per layer in it, cold (a few
+seconds with a warm $MODULAR_CACHE_DIR), so this module compiles exactly TWO graphs.
+For ``max``: float32, head_dim 64, a bundle of two variants (default RoPE and theta
+500000), each applied in both layouts (4 outputs); that one compiled model must serve
+every batch / heads / seq / start position (symbolic dims), both layouts and both
+variants, each from its own output.  For ``max-fused``: the pipelines' kernel
+``fused_qk_ragged_rope`` on default RoPE, float32, head_dim 64 (ragged rows at
+different KV-cache offsets, query and key).  The tests
 that compile are marked ``slow`` (deselect with ``-m "not slow"``); they run by
 default.  The declared limits need no compile (and no ``max``).
 
@@ -32,20 +36,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ropeconf.adapters.max import TABLE_POSITIONS, MaxRotary, cache_dir, max_seq_len_for, prepare_environment
+from ropeconf.adapters.max import (TABLE_POSITIONS, MaxRotary, cache_dir, canonical_specs, max_seq_len_for,
+                                   prepare_environment, table_key)
 from ropeconf.conformance.judge import make_input
 from ropeconf.conformance.tolerance import pair_norm
 from ropeconf.reference import RopeSpec, apply, inv_freq
 
 U32 = 2.0 ** -24
 SPEC = RopeSpec(head_dim=64)  # default RoPE, half layout
+THETA = RopeSpec(head_dim=64, rope_theta=500000.0)  # the theta500k variant: the bundle's second table
 
 
 def _bound(spec: RopeSpec, expected: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """|pair| * u * (4 |phi| + 16) per element (module doc)."""
     omega, _ = inv_freq(spec)
     phi = np.abs(positions[..., None].astype(np.float64) * omega)           # (batch, seq, d/2)
-    phi = np.concatenate([phi, phi], axis=-1)[:, None]                       # half layout, heads axis
+    phi = (np.concatenate([phi, phi], axis=-1) if spec.layout == "half" else np.repeat(phi, 2, axis=-1))[:, None]
     return pair_norm(expected, spec.rotary_dim, spec.layout) * U32 * (4.0 * phi + 16.0)
 
 
@@ -53,19 +59,22 @@ def _bound(spec: RopeSpec, expected: np.ndarray, positions: np.ndarray) -> np.nd
 def compiled():
     pytest.importorskip("max", reason="Modular MAX is not installed (pip install max; see requirements/peers.txt)")
     adapter = MaxRotary()
+    adapter.bundle_size = 2  # bundle 0 = [default, theta500k]: 2 layers x 2 layouts in one graph
     assert adapter.availability() is None
+    assert [table_key(s) for s in adapter.bundles(64)[0]] == [table_key(SPEC), table_key(THETA)]
     adapter.compiled(SPEC, "float32")  # the one compile of this module
     return adapter
 
 
-def _check(adapter: MaxRotary, batch: int, heads: int, seq: int, start: int, seed: int) -> float:
+def _check(adapter: MaxRotary, batch: int, heads: int, seq: int, start: int, seed: int,
+           spec: RopeSpec = SPEC) -> float:
     pos = np.broadcast_to(start + np.arange(seq, dtype=np.int64), (batch, seq)).copy()
-    x = make_input(SPEC, batch, heads, seq, "float32", seed)
-    y = np.asarray(adapter.run(x, pos, SPEC, dtype="float32"))
-    ref = np.asarray(apply(SPEC, x.astype(np.float64), pos))
+    x = make_input(spec, batch, heads, seq, "float32", seed)
+    y = np.asarray(adapter.run(x, pos, spec, dtype="float32"))
+    ref = np.asarray(apply(spec, x.astype(np.float64), pos))
     assert y.shape == ref.shape
     err = np.abs(y - ref)
-    tol = _bound(SPEC, ref, pos)
+    tol = _bound(spec, ref, pos)
     worst = float(np.max(err / tol))
     assert worst <= 1.0, f"max |err| {err.max():.3g} is {worst:.3g} x the bound (start {start})"
     return float(err.max())
@@ -88,6 +97,49 @@ def test_one_compile_serves_every_shape_and_start(compiled):
     for i, (b, h, s, start) in enumerate([(1, 1, 1, 0), (3, 2, 5, 777), (1, 4, 9, 65536)]):
         _check(compiled, b, h, s, start, seed=10 + i)
     assert len(compiled.compile_seconds) == 1, compiled.compile_seconds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", [SPEC.replace(layout="interleaved"), THETA, THETA.replace(layout="interleaved")],
+                         ids=["default-interleaved", "theta500k-half", "theta500k-interleaved"])
+def test_bundle_serves_each_variant_and_layout_from_its_own_output(compiled, spec):
+    # a wrong output index would rotate with the other theta or the other pairing: errors of O(|x|)
+    for start in (0, 1000, TABLE_POSITIONS - 16):
+        err = _check(compiled, 2, 2, 16, start, seed=20 + start % 7, spec=spec)
+        if start == 0:
+            assert err < 1e-5
+    assert len(compiled.compile_seconds) == 1, compiled.compile_seconds
+
+
+# ---------------------------------------------------------------------------------- routing (no compile)
+def test_canonical_specs_bundle_into_few_graphs():
+    from ropeconf.reference.variants import VARIANTS
+
+    a = MaxRotary()
+    specs = canonical_specs(64)
+    # every variant's canonical spec MAX supports is in a bundle, in both layouts (golden + metamorphic cases)
+    wanted = {table_key(v.spec(head_dim=64, rotary_dim=64)) for v in VARIANTS.values()
+              if a.why_unsupported(v.spec(head_dim=64, rotary_dim=64), "float32", "cpu") is None}
+    assert {table_key(s) for s in specs} == wanted
+    graphs = set()
+    for s in specs:
+        for layout in ("half", "interleaved"):
+            members, layouts, index = a.route(s.replace(layout=layout))
+            assert layouts == ("half", "interleaved")
+            assert table_key(members[index // 2]) == table_key(s) and layouts[index % 2] == layout
+            graphs.add(tuple(table_key(m) for m in members))
+    assert len(graphs) == -(-len(wanted) // a.bundle_size)
+    # longrope's two switches share MAX's one table
+    lr = VARIANTS["longrope"].spec(head_dim=64, rotary_dim=64)
+    assert a.route(lr)[:2] == a.route(lr.replace(longrope_switch="position"))[:2]
+
+
+def test_other_specs_get_a_graph_of_their_own():
+    a = MaxRotary()
+    for spec in (RopeSpec(head_dim=64, rope_theta=77.0), RopeSpec(head_dim=32, rope_theta=77.0, layout="interleaved")):
+        assert a.route(spec) == ((spec,), (spec.layout,), 0)
+    a.bundle_size = 0
+    assert a.route(SPEC) == ((SPEC,), ("half",), 0)
 
 
 # ---------------------------------------------------------------------------------- no compile
@@ -171,3 +223,53 @@ def test_compile_cache_kept_out_of_home(monkeypatch, tmp_path):
     monkeypatch.setenv("MODULAR_CACHE_DIR", str(tmp_path / "mine"))
     prepare_environment()
     assert os.environ["MODULAR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+# ---------------------------------------------------------------------------------- fused path (one compile)
+@pytest.fixture(scope="module")
+def fused():
+    pytest.importorskip("max", reason="Modular MAX is not installed (pip install max; see requirements/peers.txt)")
+    from ropeconf.adapters.max import MaxFusedRotary
+
+    adapter = MaxFusedRotary()
+    assert adapter.availability() is None
+    adapter.compiled_fused(SPEC, "float32")  # the one compile of the fused path
+    return adapter
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("role", ["query", "key"])
+def test_fused_ragged_rows_at_their_cache_offsets(fused, role):
+    # three requests at different KV-cache offsets, one straddling a 128-token page, one near 2**20
+    starts = [5, 126, TABLE_POSITIONS - 16]
+    pos = np.array([s + np.arange(6) for s in starts], dtype=np.int64)
+    x = make_input(SPEC, 3, 2, 6, "float32", 31)
+    assert fused.why_unsupported(SPEC, "float32", "cpu", pos) is None
+    y = np.asarray(fused.run(x, pos, SPEC, dtype="float32", role=role))
+    ref = np.asarray(apply(SPEC, x.astype(np.float64), pos, role=role))
+    err = np.abs(y - ref)
+    worst = float(np.max(err / _bound(SPEC, ref, pos)))
+    assert worst <= 1.0, f"max |err| {err.max():.3g} is {worst:.3g} x the bound ({role})"
+    assert float(err[:2].max()) < 1e-4  # the short offsets: a few float32 ulps
+
+
+@pytest.mark.slow
+def test_fused_prefill_then_decode_reuses_one_compile(fused):
+    n = len(fused.compile_seconds)
+    for k, (start, seq) in enumerate([(0, 7), (7, 1), (8, 1), (4096, 3)]):
+        pos = (start + np.arange(seq, dtype=np.int64))[None]
+        x = make_input(SPEC, 1, 3, seq, "float32", 40 + k)
+        y = np.asarray(fused.run(x, pos, SPEC, dtype="float32"))
+        ref = np.asarray(apply(SPEC, x.astype(np.float64), pos))
+        assert np.max(np.abs(y - ref) / _bound(SPEC, ref, pos)) <= 1.0
+    assert len(fused.compile_seconds) == n
+
+
+def test_fused_declares_contiguous_rows_only():
+    from ropeconf.adapters.max import MaxFusedRotary
+
+    a = MaxFusedRotary()
+    assert a.why_unsupported(SPEC, "float32", "cpu", np.array([[5, 6, 7], [900, 901, 902]])) is None
+    assert "start + 0..S-1" in a.why_unsupported(SPEC, "float32", "cpu", np.array([[5, 7, 9]]))
+    assert a.why_unsupported(SPEC, "bfloat16", "cpu") is not None
+    assert a.capabilities.max_position == TABLE_POSITIONS - 1
