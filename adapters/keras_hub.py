@@ -73,9 +73,9 @@ import sys
 
 import numpy as np
 
-from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics, positions_kind
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics, Unsupported, positions_kind
 from ropeconf.reference import RopeSpec
-from ropeconf.reference.dtypes import numpy_dtype
+from ropeconf.reference.dtypes import name_of, numpy_dtype
 
 ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "llama3", "longrope")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -189,36 +189,79 @@ class KerasHubRotary(Adapter):
                 "max_wavelength": theta, **common}
         raise ValueError(f"rope_type={t!r} is not mapped")
 
+    def build_layer(self, spec: RopeSpec, dtype: str):
+        """A new layer for ``spec`` with the dtype policy ``dtype`` (what a model's constructor does)."""
+        cls_name, kwargs = self.layer_kwargs(spec, dtype)
+        return _layer_class(cls_name)(**kwargs)
+
     def layer(self, spec: RopeSpec, dtype: str):
+        """The adapter's layer for (spec, dtype), built once and reused by every ``call``."""
         key = (spec, dtype)
         if key not in self._layers:
-            cls_name, kwargs = self.layer_kwargs(spec, dtype)
-            self._layers[key] = _layer_class(cls_name)(**kwargs)
+            self._layers[key] = self.build_layer(spec, dtype)
         return self._layers[key]
 
-    def call(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec, *, dtype: str,
-            device: str = "cpu", role: str = "query"):
-        from keras import ops
+    def instance(self, spec: RopeSpec, dtype: str, device: str = "cpu"):
+        """One layer per dtype policy, built on first use and reused by every later call of a sequence."""
+        missing = self.device_unavailable(device)
+        if missing:
+            raise Unsupported(f"{self.name} adapter: device={device} unavailable here: {missing}")
+        return _Live(self, spec, device)
 
-        layer = self.layer(spec, dtype)
+    def call(self, x: np.ndarray, positions: np.ndarray, spec: RopeSpec, *, dtype: str,
+             device: str = "cpu", role: str = "query"):
+        return self.rotate(self.layer(spec, dtype), x, positions, spec, dtype=dtype)
+
+    def rotate(self, layer, x: np.ndarray, positions: np.ndarray, spec: RopeSpec, *, dtype: str):
+        """``layer(x, start_index=...)`` or ``layer(x, positions=...)``, (b, h, s, d) in and out."""
         pos = np.asarray(positions)
         shape = x.shape
         x, pos = self._pad(x, pos, spec)
-        xt = ops.cast(ops.convert_to_tensor(np.asarray(x, dtype=np.float32)), dtype)  # exact: x is in dtype
+        x32 = np.asarray(x, dtype=np.float32)  # exact: x is in dtype; the layer's input is cast to dtype
         if positions_kind(pos) in ("range", "offset"):
-            out = layer(xt, start_index=int(pos.flat[0]) if pos.size else 0)
+            out = self._apply(layer, x32, dtype, start_index=int(pos.flat[0]) if pos.size else 0)
         else:
-            out = layer(xt, positions=ops.convert_to_tensor(pos.astype(np.int32)))
+            out = self._apply(layer, x32, dtype, positions=pos.astype(np.int32))
         import keras
+        from keras import ops
 
         returned = keras.backend.standardize_dtype(out.dtype)  # the layer's own output dtype
         # through float32 (exact for every declared dtype), back to the dtype the layer returned
         out = ops.convert_to_numpy(ops.cast(out, "float32")).astype(numpy_dtype(returned))
         return out[: shape[0], : shape[1], : shape[2]]
 
+    def _apply(self, layer, x32: np.ndarray, dtype: str, *, start_index: int | None = None,
+               positions: np.ndarray | None = None):
+        """The layer call (eager on every backend)."""
+        from keras import ops
+
+        xt = ops.cast(ops.convert_to_tensor(x32), dtype)
+        if positions is None:
+            return layer(xt, start_index=start_index)
+        return layer(xt, positions=ops.convert_to_tensor(positions))
+
     def _pad(self, x: np.ndarray, pos: np.ndarray, spec: RopeSpec):
         """Shapes as they arrive, except under jax (see KerasHubJax)."""
         return x, pos
+
+
+class _Live:
+    """One spec's layers, reused by every call of a sequence (``Adapter.instance``).  A Keras layer's dtype
+    policy is fixed at construction, so a dtype switch gets (and keeps) a second layer, as a model in
+    another dtype would.  The layer holds no weights and no cache (it recomputes cos/sin every call), so
+    reuse can only expose per-layer state the library might add; the stateful sequences check that it
+    adds none."""
+
+    def __init__(self, adapter: KerasHubRotary, spec: RopeSpec, device: str):
+        self.adapter, self.spec, self.device = adapter, spec, device
+        self.layers: dict[str, object] = {}
+
+    def run(self, x, positions, role="query"):
+        dtype = name_of(np.asarray(x).dtype) or "float64"
+        self.adapter.require_supported(self.spec, dtype, self.device, positions)  # the checks run() makes
+        if dtype not in self.layers:
+            self.layers[dtype] = self.adapter.build_layer(self.spec, dtype)
+        return self.adapter.rotate(self.layers[dtype], x, positions, self.spec, dtype=dtype)
 
 
 def _layer_class(name: str):
@@ -244,7 +287,13 @@ class KerasHubJax(KerasHubRotary):
     shapes.  So batch, heads and seq are padded up to fixed buckets (extra rows of zeros, extra tokens
     continuing the positions) and the result is cut back.  RoPE acts per token and per head, so the
     real rows are unchanged (tests/test_adapter_keras_hub.py checks this bit for bit).  LongRoPE is
-    not padded in seq: Phi3SuScaledRotaryEmbedding picks its factors from the input length."""
+    not padded in seq: Phi3SuScaledRotaryEmbedding picks its factors from the input length.
+
+    The layer is called eagerly, as under torch and tensorflow.  Running it under ``jax.jit`` (as
+    ``CausalLM.generate`` does, keras_hub/src/models/causal_lm.py lines 165-168) was measured and not
+    kept: a jitted call compiles once per layer configuration and shape (~0.3 s of CPU each), and the
+    suite draws a new spec for almost every property case, so the whole-run CPU time stayed the same
+    (docs/findings/keras_hub.md, "Run time")."""
 
     name = "keras-jax"
     backend = "jax"

@@ -33,18 +33,31 @@ results show and docs/findings/rotary_torch.md records:
 * ``rotate_queries_or_keys`` builds positions in the input dtype: bfloat16
   positions above 256 (float16 above 2048) are rounded before the product,
   float16 positions above 65504 become inf;
-* the module caches angles (``cached_freqs``) keyed on ``(seq_len, offset)``
-  only, not on the dtype or the positions, and the first call with offset 0
-  writes it.  A module reused across calls would make a result depend on the
-  calls before it (a bfloat16 call would leave bf16-rounded angles for a
-  float32 call), so **every run builds a fresh module**.  The cache itself is
-  left on (``cache_if_possible=True``, the library default): within one call
-  it is what the user path does, e.g. ``get_axial_freqs`` hits it for its
-  second axis.
+* the module caches angles (``cached_freqs``, and xPos scales in
+  ``cached_scales``) keyed on ``(seq_len, offset)`` only, not on the dtype:
+  a call with offset 0 writes the table its positions gave, formed in that
+  call's dtype, and a later call whose ``offset + seq_len`` fits reads it back.
+  The cache is left on (``cache_if_possible=True``, the library default).
 
-Extra adapter classes in this file (not registered in ``BUILTIN``):
-``RotaryTorchCachedKeys`` (``rotate_queries_with_cached_keys``) and
-``RotaryTorchLearned`` (``apply_learned_rotations`` with ``freq_ranges``).
+Two ways the suite drives it:
+
+* ``call`` (golden, property and metamorphic cases) builds a **fresh module per
+  call**, so one case is judged on its own;
+* ``instance(spec, dtype, device)`` (stateful scenarios) builds **one module per
+  spec and reuses it** for every call of the sequence, the way a model holds one
+  ``RotaryEmbedding``: decoding steps, ragged rows and dtype switches go
+  through the same module and its caches.  That is where a float32 call after
+  a bfloat16 call reads the bf16-formed angles (finding
+  ``rotary-torch-reused-module-dtype-cache``), and where a shorter xPos
+  sequence after a longer one reads scales centred at the longer one's middle
+  (``get_scale`` caches them keyed on length only; finding
+  ``rotary-torch-xpos-scale-cache-length``).
+
+Extra adapter classes in this file (``rotary-torch-cached-keys``,
+``rotary-torch-learned``): ``RotaryTorchCachedKeys``
+(``rotate_queries_with_cached_keys``, also with a reused module) and
+``RotaryTorchLearned`` (``apply_learned_rotations`` with ``freq_ranges``; the
+module only supplies ``freqs``, no cache is involved, so it has no instance).
 """
 
 from __future__ import annotations
@@ -54,9 +67,9 @@ import numpy as np
 
 import dataclasses
 
-from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics, positions_kind
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics, Unsupported, positions_kind
 from ropeconf.reference import RopeSpec
-from ropeconf.reference.dtypes import DTYPES
+from ropeconf.reference.dtypes import DTYPES, name_of
 
 from ._torch import to_numpy, to_torch
 
@@ -149,18 +162,24 @@ class RotaryTorch(Adapter):
         return None
 
     def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+        return self.rotate(_module(spec, _dim(spec), device), x, positions, spec, dtype=dtype, device=device,
+                           role=role)
+
+    def instance(self, spec, dtype, device="cpu"):
+        return _Live(self, spec, device)
+
+    def rotate(self, rot, x, positions, spec, *, dtype, device="cpu", role="query"):
+        """The library call on the module ``rot`` (built by ``_module(spec, _dim(spec), device)``)."""
         from rotary_embedding_torch import apply_rotary_emb
 
         positions = np.asarray(positions)
         t = to_torch(x, dtype, device)
         if spec.axial_axes:
             dims, offsets = _axial_grid(positions)
-            rot = _module(spec, spec.rotary_dim // spec.axial_axes, device)
             freqs = rot.get_axial_freqs(*dims, offsets=offsets if any(offsets) else None)
             b, h, s, d = t.shape
             out = apply_rotary_emb(freqs, t.reshape(b, h, *dims, d))
             return to_numpy(out.reshape(b, h, s, d))
-        rot = _module(spec, spec.rotary_dim, device)
         kind = positions_kind(positions)
         if spec.xpos:
             q, k = rot.rotate_queries_and_keys(t, t)
@@ -173,6 +192,28 @@ class RotaryTorch(Adapter):
         pos = torch.as_tensor(positions, dtype=torch.int64, device=device)
         freqs = rot(pos)                          # (batch, seq, rotary_dim), float32
         return to_numpy(apply_rotary_emb(freqs[:, None], t))
+
+
+def _dim(spec: RopeSpec) -> int:
+    """The module's ``dim``: the rotated width, per axis for axial specs."""
+    return spec.rotary_dim // spec.axial_axes if spec.axial_axes else spec.rotary_dim
+
+
+class _Live:
+    """One ``RotaryEmbedding`` for one spec, reused by every call (``Adapter.instance``): its
+    ``cached_freqs`` / ``cached_scales`` carry over from call to call, as in a model."""
+
+    def __init__(self, adapter: "RotaryTorch | RotaryTorchCachedKeys", spec: RopeSpec, device: str):
+        missing = adapter.device_unavailable(device)
+        if missing:
+            raise Unsupported(f"{adapter.name} adapter: device={device} unavailable here: {missing}")
+        self.adapter, self.spec, self.device = adapter, spec, device
+        self.rot = _module(spec, _dim(spec), device)
+
+    def run(self, x, positions, role="query"):
+        dtype = name_of(np.asarray(x).dtype) or "float64"
+        self.adapter.require_supported(self.spec, dtype, self.device, positions)  # same checks as run()
+        return self.adapter.rotate(self.rot, x, positions, self.spec, dtype=dtype, device=self.device, role=role)
 
 
 class RotaryTorchCachedKeys(Adapter):
@@ -207,6 +248,13 @@ class RotaryTorchCachedKeys(Adapter):
         return None
 
     def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
+        return self.rotate(_module(spec, spec.rotary_dim, device), x, positions, spec, dtype=dtype, device=device,
+                           role=role)
+
+    def instance(self, spec, dtype, device="cpu"):
+        return _Live(self, spec, device)
+
+    def rotate(self, rot, x, positions, spec, *, dtype, device="cpu", role="query"):
         import torch
 
         positions = np.asarray(positions)
@@ -214,7 +262,6 @@ class RotaryTorchCachedKeys(Adapter):
         start = int(positions[0, 0]) if positions.size else 0
         b, h, s, d = t.shape
         k = torch.cat([torch.zeros(b, h, start, d, dtype=t.dtype, device=t.device), t], dim=-2)
-        rot = _module(spec, spec.rotary_dim, device)
         q_out, k_out = rot.rotate_queries_with_cached_keys(t, k)
         return to_numpy(q_out if role == "query" else k_out[..., start:, :])
 

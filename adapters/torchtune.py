@@ -56,6 +56,21 @@ cores at rotary_dim 64, 7 s at 128).  The modules are kept least recently
 used first within ``CACHE_BYTES`` (1 GiB) of caches in all, so property runs
 that draw many specs do not accumulate them.
 
+Stateful instance (``instance(spec, dtype, device)``): the way a model holds it.  One module
+per spec, built **once** with the user's fixed ``max_seq_len`` and reused for every call of a
+sequence, never grown.  A RopeSpec of these rope types has no field for it
+(``max_position_embeddings`` is a LongRoPE key), so it is the constructor's default, 4096 in 0.6.1
+(read from its signature, not assumed), what ``RotaryPositionalEmbeddings(dim)`` gives; torchtune's
+model builders pass theirs the same way (``llama3_1(max_seq_len=...)`` ->
+``Llama3ScaledRoPE(max_seq_len=max_seq_len)``, models/llama3_1/_component_builders.py line 85).  The
+docstrings promise that past max_seq_len "the cached freqs will be recomputed"
+(position_embeddings.py lines 28-29, llama3_1/_position_embeddings.py lines 30-31); no code does that:
+``forward`` indexes ``self.cache[input_pos]`` (line 96 / 165), so a position at or above max_seq_len
+raises ``IndexError`` (and on CUDA a device-side assert).  The suite reports it as that call's error,
+registered as ``torchtune-max-seq-len-indexerror`` (conformance/known/torchtune.toml); below
+max_seq_len the reused module conforms (its cache is float32 whatever the input dtype, so dtype
+switches and interleaved specs leave nothing behind).
+
 Import noise: importing torchtune imports torchao 0.17, which logs "Failed to
 load ..._C_mxfp8...so" / "..._C_cutlass_90a.abi3.so" (CUDA kernels absent on a
 CPU build) through the ``torchao`` logger, and torch logs a
@@ -75,9 +90,9 @@ import logging
 
 import numpy as np
 
-from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics
+from ropeconf.conformance.adapter import Adapter, Capabilities, Numerics, Unsupported
 from ropeconf.reference import RopeSpec
-from ropeconf.reference.dtypes import DTYPES
+from ropeconf.reference.dtypes import DTYPES, name_of
 
 from ._torch import to_numpy, to_torch
 
@@ -157,6 +172,44 @@ class _TorchtuneBase(Adapter):
     def _build(self, spec: RopeSpec, max_seq_len: int):
         raise NotImplementedError
 
+    def _default_max_seq_len(self) -> int:
+        """The library constructor's own ``max_seq_len`` default (read, not assumed)."""
+        import inspect
+
+        return int(inspect.signature(self._module_class()).parameters["max_seq_len"].default)
+
+    def _module_class(self):
+        raise NotImplementedError
+
+    def user_max_seq_len(self, spec: RopeSpec) -> int:
+        """The max_seq_len a user's model fixes for ``spec``: the constructor's default (no spec key maps to it
+        for these rope types; ``max_position_embeddings`` is used when a spec carries it)."""
+        return int(spec.max_position_embeddings or self._default_max_seq_len())
+
+    def instance(self, spec: RopeSpec, dtype: str, device: str = "cpu"):
+        """One module with the user's fixed max_seq_len, reused by every call (never rebuilt or grown)."""
+        import torch
+
+        self.require_supported(spec, dtype, device)
+        missing = self.device_unavailable(device)
+        if missing:
+            raise Unsupported(f"{self.name} adapter: device={device} unavailable here: {missing}")
+        with torch.device(device):
+            return _Live(self, spec, device, self._build(spec, self.user_max_seq_len(spec)))
+
+    def rotate(self, mod, x, positions, *, dtype, device="cpu"):
+        """``mod(x_bshd, input_pos=positions)``, (b, h, s, d) in and out."""
+        import torch
+
+        positions = np.array(positions, dtype=np.int64)           # a writable copy for torch
+        if positions.size and int(positions.min()) < 0:   # the library would read the cache's end
+            raise ValueError("torchtune adapter: negative positions index the cache from its end")
+        t = to_torch(x, dtype, device).transpose(1, 2)           # (b, h, s, d) -> (b, s, h, d)
+        pos = torch.as_tensor(positions, dtype=torch.int64, device=device)
+        with torch.no_grad():
+            out = mod(t, input_pos=pos)
+        return to_numpy(out.transpose(1, 2))
+
     def module(self, spec: RopeSpec, max_pos: int, device: str = "cpu"):
         """The cached module for ``spec`` on ``device`` whose cache reaches ``max_pos``."""
         import torch
@@ -182,24 +235,31 @@ class _TorchtuneBase(Adapter):
             self._modules.popitem(last=False)
 
     def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
-        import torch
-
-        positions = np.array(positions, dtype=np.int64)           # a writable copy for torch
-        t = to_torch(x, dtype, device).transpose(1, 2)           # (b, h, s, d) -> (b, s, h, d)
-        if positions.size and int(positions.min()) < 0:   # the library would read the cache's end
-            raise ValueError("torchtune adapter: negative positions index the cache from its end")
+        positions = np.asarray(positions)
         max_pos = int(positions.max()) if positions.size else 0
-        mod = self.module(spec, max_pos, device)
-        pos = torch.as_tensor(positions, dtype=torch.int64, device=device)
-        with torch.no_grad():
-            out = mod(t, input_pos=pos)
-        return to_numpy(out.transpose(1, 2))
+        return self.rotate(self.module(spec, max(max_pos, 0), device), x, positions, dtype=dtype, device=device)
+
+
+class _Live:
+    """One torchtune module for one spec (``Adapter.instance``): built once with the user's max_seq_len and
+    called like a model calls it, ``module(x, input_pos=...)``, for every call of a sequence."""
+
+    def __init__(self, adapter: _TorchtuneBase, spec: RopeSpec, device: str, module):
+        self.adapter, self.spec, self.device, self.module = adapter, spec, device, module
+
+    def run(self, x, positions, role="query"):
+        dtype = name_of(np.asarray(x).dtype) or "float64"
+        self.adapter.require_supported(self.spec, dtype, self.device, positions)  # the checks run() makes
+        return self.adapter.rotate(self.module, x, positions, dtype=dtype, device=self.device)
 
 
 class TorchtuneRoPE(_TorchtuneBase):
     """``torchtune.modules.RotaryPositionalEmbeddings`` (plain RoPE)."""
 
     name = "torchtune"
+
+    def _module_class(self):
+        return _import("torchtune.modules").RotaryPositionalEmbeddings
 
     def _build(self, spec: RopeSpec, max_seq_len: int):
         RotaryPositionalEmbeddings = _import("torchtune.modules").RotaryPositionalEmbeddings
@@ -217,6 +277,9 @@ class TorchtuneLlama3(_TorchtuneBase):
 
     name = "torchtune-llama3"
     capabilities = dataclasses.replace(_TorchtuneBase.capabilities, rope_types=("llama3",))
+
+    def _module_class(self):
+        return _import("torchtune.models.llama3_1").Llama3ScaledRoPE
 
     def _build(self, spec: RopeSpec, max_seq_len: int):
         Llama3ScaledRoPE = _import("torchtune.models.llama3_1").Llama3ScaledRoPE

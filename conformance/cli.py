@@ -400,7 +400,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if "scenario" in case:
         from .sources import run_scenario
 
-        results = run_scenario(adapter, case["scenario"], device)
+        # with the cell's dtype (as a run's replay line gives it), calls in other dtypes only set up the
+        # state a dtype switch leaves behind, exactly as in the run; without one, every call is judged
+        cell_dtype = dtype if "dtype" in json.loads(args.case) else None
+        results = run_scenario(adapter, case["scenario"], device, dtype=cell_dtype)
+        if cell_dtype and not any(r.dtype == cell_dtype for r in results):
+            print(f"no call of the scenario is in dtype {cell_dtype}: nothing judged", file=sys.stderr)
+            return EXIT_NOT_CHECKED
         for r in results:
             print(json.dumps({"case": r.case_id, "dtype": r.dtype, "outcome": Outcome.of(r.outcome).value,
                               "max_ratio": r.max_ratio, "message": r.message}, default=str))

@@ -480,7 +480,7 @@ def explain(case: Case, actual: np.ndarray, dtype: str, budget: float = BUDGET_S
                 continue
             r = ratio_under(c2, actual, dtype)
             if r <= 1.0 and name in TABLE_PRECISION and not _widespread(case, actual, dtype):
-                r = _safe_ratio(case, actual, dtype)   # widened enough, but not the cause: see _widespread
+                r = math.inf   # widened enough, but not the cause: see _widespread
             scored.append(((name,), r))
         except (ValueError, ArithmeticError, TypeError, IndexError):
             continue
@@ -589,6 +589,10 @@ def diagnose_cell(cell, minimal: dict[str, Any], budget: float = BUDGET_SECONDS)
         actual = _call(cell, case, x_dtyped)
     except BaseException as e:  # noqa: BLE001 - an erroring case has no output to explain
         return {"explained_by": [], "note": f"the adapter raised: {type(e).__name__}", "seconds": 0.0}
+    if _safe_ratio(case, actual, cell.dtype) <= 1.0:   # nothing to explain: every hypothesis would
+        return {"explained_by": [], "seconds": round(time.perf_counter() - t0, 3),
+                "note": "this call conforms when made afresh: the failure needs how the run made it "
+                        "(a live instance's state or settings, or another dtype's earlier call)"}
     scored = explain(case, actual, cell.dtype, budget)
     found = [(names, ratio) for names, ratio in scored if ratio <= 1.0]
     explained = []
@@ -685,6 +689,8 @@ def _diagnose_state(cell, m: dict[str, Any]) -> dict[str, Any] | None:
                                   "description": f"state left by the earlier calls of the {sc['kind']} sequence: "
                                                  f"the same call on a fresh instance conforms",
                                   "confirmed": "1/1 fresh instance", "hints": []}]}
+    if results and results[-1].outcome == "error":   # no output to explain, fresh or not
+        return {"explained_by": [], "note": f"the call fails on a fresh instance too: {results[-1].message}"}
     call = sc["calls"][k]
     plain = {**m, "scenario": None, "source": "stateful-call", "positions": call["positions"],
              "seed": call.get("seed", k + 1), "worst": {"heads": call.get("heads", 1)},

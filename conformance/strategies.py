@@ -201,7 +201,7 @@ def property_case(draw, variant: Variant, caps: Capabilities, precision: Precisi
 
 
 # ----------------------------------------------------------------------------- stateful scenarios
-SCENARIOS = ("decode", "ragged", "grow_then_short", "dtype_switch", "two_specs")
+SCENARIOS = ("decode", "ragged", "grow_then_short", "dtype_switch", "two_specs", "restart")
 
 
 def _variations(spec: RopeSpec) -> list[RopeSpec]:
@@ -223,9 +223,10 @@ def _variations(spec: RopeSpec) -> list[RopeSpec]:
 def scenario_kinds(variant: Variant, caps: Capabilities, other_dtypes: tuple[str, ...]) -> list[str]:
     """The scenario kinds that apply to a variant and an adapter's declaration."""
     if variant.streams > 1 or caps.positions == "range":
-        kinds = ["dtype_switch", "two_specs"]  # no decoding without offsets; stream positions stay fresh
+        kinds = ["dtype_switch", "two_specs", "restart"]  # no decoding without offsets
     else:
-        kinds = ["decode", "two_specs", "dtype_switch"] + (["ragged"] if caps.positions == "arbitrary" else [])
+        kinds = ["decode", "two_specs", "dtype_switch", "restart"] + (["ragged"] if caps.positions == "arbitrary"
+                                                                       else [])
         if ROPE_TYPES[variant.spec().rope_type].length_dependent:
             kinds.insert(1, "grow_then_short")
     return [k for k in kinds if k != "dtype_switch" or other_dtypes]
@@ -285,13 +286,25 @@ def scenario_for(draw, variant: Variant, caps: Capabilities, precision: Precisio
     elif kind == "dtype_switch":
         coarse_first = sorted(other_dtypes, key=lambda d: -UNIT_ROUNDOFF[d])  # bfloat16 shows a stale table best
         other = draw(st.sampled_from(coarse_first), label="other_dtype")
-        # first a short position: a stale table in a coarser dtype only shows where the bound is tight
-        pos = fresh(draw(st.integers(1, 8), label="seq"),
-                    draw(st.sampled_from(list(dict.fromkeys([min(top, 100), top // 2, 0]))), label="start"))
+        if draw(st.sampled_from([True, False]), label="long_from_0"):
+            # first: a request from 0 past 256, where bfloat16 positions start to round (a table cached
+            # with positions formed in the coarse dtype); it includes the short positions, where a stale
+            # table in a coarser dtype shows best because the bound is tight there
+            pos = fresh(min(300, top), 0)
+        else:
+            pos = fresh(draw(st.integers(1, 8), label="seq"),
+                        draw(st.sampled_from(list(dict.fromkeys([min(top, 100), top // 2, 0]))), label="start"))
         call(pos, dt=other)
         call(pos, dt=dtype)
         if draw(st.booleans(), label="back"):
             call(pos, dt=other)
+    elif kind == "restart":
+        # a new, shorter request from 0 on the same instance: a cache keyed by length, or centred on the
+        # first request's length (xPos), serves the longer request's values
+        longer = draw(st.sampled_from(list(dict.fromkeys([min(32, top), min(300, top), 2]))), label="longer")
+        shorter = draw(_around(max(longer // 2, 1), st.integers(1, max(longer - 1, 1))), label="shorter")
+        call(fresh(longer, 0))
+        call(fresh(shorter, 0), role=draw(roles(spec), label="role"))
     else:  # two_specs: another spec alive in the same process, called interleaved
         second = draw(st.one_of(st.sampled_from(_variations(spec)), spec_for(variant, caps)), label="second")
         assume(second != spec)

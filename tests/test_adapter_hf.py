@@ -470,7 +470,7 @@ def test_stateful_source_conforms_through_one_live_module(adapter, extra):
                                                                   for c in rep["cells"]]
     judged = [c for c in rep["cases"] if c["source"] == "stateful" and c["outcome"] == "conforms"]
     kinds = {c["case_id"].split(":")[1] for c in judged}
-    assert kinds == {"decode", "ragged", "grow_then_short", "dtype_switch", "two_specs"}, kinds
+    assert kinds == {"decode", "ragged", "grow_then_short", "dtype_switch", "two_specs", "restart"}, kinds
     assert made and all(isinstance(m, LiveRotary) for m in made)
     reused = [m for m in made if m.calls > 1]
     assert reused and all(m.rotary is not None for m in reused)  # one module served several calls

@@ -100,6 +100,34 @@ SCRIPT = textwrap.dedent(r'''
             r = judge_case(ad, sp, rng(start), dtype=dt, seed=1)
             out["checks"][f"{variant}@{start}:{dt}"] = [r.outcome, r.max_ratio]
 
+    # 5. stateful: one instance per spec, its layer built once per dtype and reused by every call
+    from ropeconf.conformance.sources import run_scenario
+    inst = ad.instance(RopeSpec(head_dim=64), "float32")
+    x1 = make_input(RopeSpec(head_dim=64), 1, 2, 4, "float32", 0)
+    inst.run(x1, np.arange(4)[None]); first = inst.layers["float32"]
+    inst.run(x1[:, :, :1], np.array([[4]])); inst.run(x1.astype(np.float32), np.array([[9, 2, 7, 1]]))
+    out["instance_reuses_layer"] = inst.layers["float32"] is first and len(inst.layers) == 1
+
+    def scen(kind, specs, calls):
+        return {"kind": kind, "instances": specs, "calls": [
+            {"instance": c[0], "positions": c[1], "dtype": c[2], "role": "query", "seed": k + 1, "heads": 2}
+            for k, c in enumerate(calls)]}
+
+    out["stateful"] = {}
+    for variant in ("default", "yarn", "llama3", "longrope"):
+        sp = VARIANTS[variant].spec(head_dim=64).to_dict()
+        seqs = {"decode": [(0, [list(range(100, 106))], "float32"), (0, [[106]], "float32"), (0, [[107]], "float32")],
+                "dtype_switch": [(0, [list(range(4090, 4098))], "bfloat16"), (0, [list(range(4090, 4098))], "float32"),
+                                 (0, [list(range(4090, 4098))], "bfloat16")],
+                "two_specs": [(0, [list(range(8))], "float32"), (1, [list(range(8))], "float32"),
+                              (0, [list(range(8))], "float32")]}
+        if variant != "longrope":
+            seqs["ragged"] = [(0, [list(range(p, p + 4)) for p in (0, 7000)], "float32"), (0, [[4], [7004]], "float32")]
+        for kind, calls in seqs.items():
+            specs = [sp, {**sp, "rope_theta": sp.get("rope_theta", 10000.0) * 50}]
+            rs = run_scenario(ad, scen(kind, specs, calls), "cpu")
+            out["stateful"][f"{variant}:{kind}"] = [[r.outcome, r.max_ratio, r.message] for r in rs]
+
     # 4. the other backends' adapters refuse this process
     out["refusals"] = {n: c().availability() for n, c in classes.items() if n != backend}
     np.savez(sys.argv[1], **arrays)
@@ -338,3 +366,14 @@ def test_jax_shape_padding_leaves_real_rows_unchanged():
         pytest.skip("jax not installed")
     assert r.returncode == 0, r.stderr[-2000:]
     assert _json.loads(r.stdout.strip().splitlines()[-1]) == [True, True]
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_reused_layer_conforms_on_stateful_sequences(results, backend):
+    """instance(): one layer per dtype, reused; decode, ragged rows, dtype switches and two live specs all
+    conform (the layer holds no cache; the reference judges every call)."""
+    out, _ = _get(results, backend)
+    assert out["instance_reuses_layer"]
+    assert len(out["stateful"]) == 15
+    for name, rs in out["stateful"].items():
+        assert rs and all(o == "conforms" for o, _, _ in rs), (name, rs)

@@ -292,3 +292,111 @@ def test_known_entries_load_and_name_these_adapters():
     for e in entries:
         assert set(e.adapter) <= names, e.id
         assert registry.version_in(RotaryTorch().version(), e.versions), e.id
+
+
+# ----------------------------------------------------------------------------- stateful: one reused module
+from ropeconf.conformance.outcome import Outcome  # noqa: E402
+from ropeconf.conformance.runner import Classifier  # noqa: E402
+from ropeconf.conformance.sources import run_scenario  # noqa: E402
+
+INTERLEAVED = {"head_dim": 64, "layout": "interleaved"}
+
+
+def _scenario(kind, instances, calls):
+    """calls: (instance, positions, dtype[, role]); every call judged against the reference for that call."""
+    return {"kind": kind, "instances": instances,
+            "calls": [{"instance": c[0], "positions": c[1], "dtype": c[2], "role": c[3] if len(c) > 3 else "query",
+                       "seed": k + 1, "heads": 2} for k, c in enumerate(calls)]}
+
+
+def _play(adapter, scenario, dtype=None, classify=False):
+    cl = Classifier(registry.load(), adapter.name, adapter.version()) if classify else None
+    return run_scenario(adapter, scenario, "cpu", classify=cl, dtype=dtype)
+
+
+def _rows(*starts, seq):
+    return [list(range(s, s + seq)) for s in starts]
+
+
+def test_instance_is_one_module_whose_cache_carries_over():
+    inst = RotaryTorch().instance(RopeSpec(**INTERLEAVED), "float32")
+    rot = inst.rot
+    x = make_input(RopeSpec(**INTERLEAVED), 1, 1, 8, "float32", 0)
+    inst.run(x, np.arange(8)[None])
+    assert inst.rot is rot and rot.cached_freqs_seq_len == 8      # the call with offset 0 wrote the cache
+    inst.run(x[:, :, :4], np.arange(2, 6)[None])                    # offset 2: read back, not rewritten
+    assert inst.rot is rot and rot.cached_freqs_seq_len == 8
+
+
+STATEFUL_OK = {  # sequences on one module where the library is right: every call conforms
+    "decode": ("decode", [INTERLEAVED], [(0, _rows(0, seq=8), "float32"), (0, [[8]], "float32"),
+                                         (0, [[9]], "float32", "key"), (0, [[10]], "float32")]),
+    "decode-long": ("decode", [INTERLEAVED], [(0, _rows(4096, seq=6), "float32"), (0, [[4102]], "float32")]),
+    "ragged": ("ragged", [INTERLEAVED], [(0, _rows(0, 100, 7000, seq=5), "float32"),
+                                         (0, [[5], [105], [7005]], "float32")]),
+    "dtype-switch-exact": ("dtype_switch", [INTERLEAVED], [(0, _rows(0, seq=200), "bfloat16"),
+                                                           (0, _rows(0, seq=200), "float32"),
+                                                           (0, _rows(0, seq=200), "bfloat16")]),
+    "two-specs": ("two_specs", [INTERLEAVED, {**INTERLEAVED, "rope_theta": 500000.0}],
+                  [(0, _rows(0, seq=16), "float32"), (1, _rows(0, seq=16), "float32"),
+                   (0, _rows(0, seq=16), "float32")]),
+    "xpos-same-length": ("dtype_switch", [{**INTERLEAVED, "xpos": True}],
+                         [(0, _rows(0, seq=16), "float32"), (0, _rows(0, seq=16), "float32", "key"),
+                          (0, _rows(0, seq=16), "float32")]),
+    "ntk-linear": ("two_specs", [{**INTERLEAVED, "rope_type": "ntk", "factor": 4.0},
+                                 {**INTERLEAVED, "rope_type": "linear", "factor": 4.0}],
+                   [(0, _rows(0, seq=8), "float32"), (1, _rows(0, seq=8), "float32"), (0, [[8]], "float32")]),
+}
+
+
+@pytest.mark.parametrize("adapter", [RotaryTorch(), RotaryTorchCachedKeys()], ids=lambda a: a.name)
+@pytest.mark.parametrize("name", sorted(STATEFUL_OK))
+def test_reused_module_conforms_where_the_library_is_right(adapter, name):
+    kind, instances, calls = STATEFUL_OK[name]
+    results = _play(adapter, _scenario(kind, instances, calls))
+    judged = [r for r in results if Outcome.of(r.outcome) is not Outcome.UNSUPPORTED]
+    if adapter.name == "rotary-torch":
+        assert len(judged) == len(calls), [r.message for r in results]
+    assert judged or adapter.name != "rotary-torch"
+    for r in judged:
+        assert Outcome.of(r.outcome) is Outcome.CONFORMS, r.message
+
+
+def test_finding_reused_module_dtype_cache():
+    """bf16 call from offset 0 caches angles of bf16-rounded positions; a float32 call reads them back."""
+    spec = RopeSpec(**INTERLEAVED)
+    sc = _scenario("dtype_switch", [INTERLEAVED], [(0, _rows(0, seq=4096), "bfloat16"),
+                                                   (0, _rows(257, seq=4096 - 257), "float32")])
+    r = _play(RotaryTorch(), sc, dtype="float32")[-1]
+    assert Outcome.of(r.outcome) is Outcome.DIVERGES and r.max_ratio > 1e3, r.message
+    assert r.worst["position"] == 259 or r.max_abs_error > 5.0     # bf16 rounds 257..4095 by up to 8
+    # a fresh module (the stateless call) conforms on exactly that float32 call
+    pos = np.array(_rows(257, seq=4096 - 257))
+    fresh = judge(RotaryTorch(), spec, make_input(spec, 1, 2, pos.shape[1], "float32", 2), pos, dtype="float32")
+    assert Outcome.of(fresh.outcome) is Outcome.CONFORMS, fresh.message
+    # registered, through the suite's classifier, for both adapters that reuse a module
+    for adapter in (RotaryTorch(), RotaryTorchCachedKeys()):
+        sc = _scenario("dtype_switch", [INTERLEAVED], [(0, _rows(0, seq=258), "bfloat16"), (0, [[257]], "float32")])
+        if adapter.name == "rotary-torch-cached-keys":
+            sc = _scenario("dtype_switch", [INTERLEAVED], [(0, _rows(300, seq=8), "bfloat16"),
+                                                           (0, _rows(300, seq=8), "float32")])
+        r = _play(adapter, sc, dtype="float32", classify=True)[-1]
+        assert Outcome.of(r.outcome) is Outcome.KNOWN and r.known_id == "rotary-torch-reused-module-dtype-cache", \
+            (adapter.name, r.outcome, r.message)
+
+
+def test_finding_xpos_scale_cache_length():
+    """A shorter xPos sequence after a longer one reads scales centred at the longer one's middle."""
+    spec = {**INTERLEAVED, "xpos": True}
+    for role in ("query", "key"):
+        sc = _scenario("replay", [spec], [(0, _rows(0, seq=32), "float32"), (0, _rows(0, seq=16), "float32", role)])
+        first, second = _play(RotaryTorch(), sc)
+        assert Outcome.of(first.outcome) is Outcome.CONFORMS, first.message
+        assert Outcome.of(second.outcome) is Outcome.DIVERGES and second.max_ratio > 1e3, second.message
+        r = _play(RotaryTorch(), sc, classify=True)[-1]
+        assert r.known_id == "rotary-torch-xpos-scale-cache-length", r.message
+    # each length on a fresh module conforms (the stateless path)
+    s = RopeSpec(**spec)
+    pos = np.array(_rows(0, seq=16))
+    fresh = judge(RotaryTorch(), s, make_input(s, 1, 2, 16, "float32", 2), pos, dtype="float32")
+    assert Outcome.of(fresh.outcome) is Outcome.CONFORMS, fresh.message

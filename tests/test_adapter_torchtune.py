@@ -262,3 +262,77 @@ def test_finding_step_band_assert(tt3):
     r = judge_case(tt3, spec, _short(1, 4), dtype="bfloat16", heads=1)
     assert r.outcome == "error" and r.message.startswith("AssertionError")
     assert _known(spec, "bfloat16").id == "torchtune-llama3-step-band-assert"
+
+
+# ----------------------------------------------------------------------------- stateful: the user's max_seq_len
+from ropeconf.conformance.outcome import Outcome  # noqa: E402
+from ropeconf.conformance.runner import Classifier  # noqa: E402
+from ropeconf.conformance.sources import run_scenario  # noqa: E402
+
+TT_SPECS = {"torchtune": {"head_dim": 64, "layout": "interleaved"},
+            "torchtune-llama3": {"head_dim": 64, "layout": "interleaved", "rope_type": "llama3",
+                                 "rope_theta": 500000.0, "factor": 8.0, "original_max_position_embeddings": 8192,
+                                 "low_freq_factor": 1.0, "high_freq_factor": 4.0}}
+
+
+def _scenario(kind, instances, calls):
+    return {"kind": kind, "instances": instances,
+            "calls": [{"instance": c[0], "positions": c[1], "dtype": c[2], "role": "query", "seed": k + 1,
+                       "heads": 2} for k, c in enumerate(calls)]}
+
+
+def _play(adapter, scenario, dtype=None):
+    cl = Classifier(registry.load(), adapter.name, adapter.version())
+    return run_scenario(adapter, scenario, "cpu", classify=cl, dtype=dtype)
+
+
+def test_instance_uses_the_users_fixed_max_seq_len(tt, tt3):
+    for ad in (tt, tt3):
+        spec = RopeSpec(**TT_SPECS[ad.name])
+        inst = ad.instance(spec, "float32")
+        assert inst.module.max_seq_len == 4096                      # the constructor's default, read from it
+        mod = inst.module
+        x = make_input(spec, 1, 2, 4, "float32", 0)
+        inst.run(x, np.arange(4)[None])
+        inst.run(x[:, :, :1], np.array([[4095]]))
+        assert inst.module is mod and mod.max_seq_len == 4096        # never rebuilt or grown
+
+
+@pytest.mark.parametrize("which", sorted(TT_SPECS))
+def test_reused_module_conforms_below_max_seq_len(tt, tt3, which):
+    ad = tt if which == "torchtune" else tt3
+    s = TT_SPECS[which]
+    sequences = [
+        ("decode", [s], [(0, [list(range(4088, 4092))], "float32"), (0, [[4092]], "float32"),
+                         (0, [[4093]], "bfloat16"), (0, [[4095]], "float32")]),
+        ("ragged", [s], [(0, [list(range(p, p + 4)) for p in (0, 100, 4000)], "float32"),
+                         (0, [[4], [104], [4004]], "float32")]),
+        ("dtype_switch", [s], [(0, [list(range(3000, 3008))], "bfloat16"), (0, [list(range(3000, 3008))], "float32"),
+                               (0, [list(range(3000, 3008))], "float16")]),
+        ("two_specs", [s, {**s, "rope_theta": 20000.0}], [(0, [list(range(8))], "float32"),
+                                                          (1, [list(range(8))], "float32"),
+                                                          (0, [list(range(8))], "float32")]),
+    ]
+    for kind, instances, calls in sequences:
+        results = _play(ad, _scenario(kind, instances, calls))
+        assert len(results) == len(calls)
+        for r in results:
+            assert Outcome.of(r.outcome) is Outcome.CONFORMS, (kind, r.message)
+
+
+@pytest.mark.parametrize("which", sorted(TT_SPECS))
+def test_finding_max_seq_len_raises_instead_of_recomputing(tt, tt3, which):
+    """The docstring promises a recompute past max_seq_len; forward indexes the cache and raises."""
+    ad = tt if which == "torchtune" else tt3
+    cls = type(ad.instance(RopeSpec(**TT_SPECS[which]), "float32").module)
+    assert "will be recomputed" in " ".join(cls.__doc__.split())  # the promise, in the installed docstring
+    sc = _scenario("decode", [TT_SPECS[which]], [(0, [list(range(4090, 4096))], "float32"), (0, [[4096]], "float32")])
+    raw = run_scenario(ad, sc, "cpu")
+    assert Outcome.of(raw[0].outcome) is Outcome.CONFORMS
+    assert Outcome.of(raw[1].outcome) is Outcome.ERROR and "IndexError" in raw[1].message, raw[1].message
+    r = _play(ad, sc)[-1]                               # the suite reports it: registered, never hidden
+    assert Outcome.of(r.outcome) is Outcome.KNOWN and r.known_id == "torchtune-max-seq-len-indexerror"
+    # the stateless adapter (its own growing cache) computes that position, and it conforms
+    spec = RopeSpec(**TT_SPECS[which])
+    ok = judge(ad, spec, make_input(spec, 1, 2, 1, "float32", 2), np.array([[4096]]), dtype="float32")
+    assert Outcome.of(ok.outcome) is Outcome.CONFORMS, ok.message

@@ -62,7 +62,7 @@ def test_the_correct_toy_is_cleared(tmp_path, toy_env):
     sources = {c["source"] for c in cases}
     assert {"golden", "property", "stateful"} <= sources
     kinds = {c["scenario"]["kind"] for c in cases if c["source"] == "stateful"}
-    assert kinds == {"decode", "ragged", "grow_then_short", "dtype_switch", "two_specs"}
+    assert kinds == {"decode", "ragged", "grow_then_short", "dtype_switch", "two_specs", "restart"}
     assert {c["role"] for c in cases if c["variant"] == "xpos"} == {"query", "key"}
 
 
