@@ -43,14 +43,14 @@ def diagnosed(result: dict) -> tuple[int, float]:
     return len(cells), sum(c["diagnosis"].get("seconds", 0.0) for c in cells)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser()
     ap.add_argument("--adapters", default="hf,rotary-torch,torchtune",
                     help="the matrix with known divergences (comma-separated)")
     ap.add_argument("--dtype", default="float32,bfloat16")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--json", help="write the figures here")
-    a = ap.parse_args()
+    a = ap.parse_args([] if argv is None else argv)
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d:
         for label, adapters in (("conforming", ["toy_rope:rope_adapter"]), ("matrix", a.adapters.split(","))):
@@ -68,7 +68,8 @@ def main() -> None:
                   f"{(secs / cells if cells else 0.0):.2f} s each (recorded)")
     if a.json:
         Path(a.json).write_text(json.dumps(figures, indent=1))
+    return figures
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -82,12 +82,16 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
             for k in ("version", "library"):
                 cur[k] = rep.get(k)  # the latest part that ran this adapter describes it
             cur["seconds"] += rep.get("seconds") or 0.0  # the adapter's time over every part that ran it
-            for k in ("unavailable", "crashed"):
-                cur[k] = cur.get(k) or rep.get(k)  # fail closed: a part that could not run stays on record
+            # fail closed: a crash in any part stays on record; "unavailable" only while no part ran it
+            cur["crashed"] = cur.get("crashed") or rep.get("crashed")
+            ran = cur.setdefault("_ran", False) or not rep.get("unavailable")
+            cur["_ran"] = ran
+            cur["unavailable"] = None if ran else (rep.get("unavailable") or cur.get("unavailable"))
             used.setdefault(rep["adapter"], set()).update(rep.get("registry_used", []))
             unused.setdefault(rep["adapter"], {}).update(rep.get("registry_unused", {}))
     stale = {text for a, ids in unused.items() for i, text in ids.items() if i in used.get(a, set())}
     for a, rep in by_adapter.items():
+        rep.pop("_ran", None)
         rep["registry_used"] = sorted(used.get(a, set()))
         rep["registry_unused"] = {i: t for i, t in unused.get(a, {}).items() if t not in stale}
         rep["warnings"] = list(dict.fromkeys(w for p in parts for r in p.get("adapters", [])

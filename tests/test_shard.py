@@ -123,3 +123,17 @@ def test_the_pytest_plugin_refuses_shard(toy_env, tmp_path):
                        capture_output=True, text=True, env=toy_env, cwd=tmp_path, timeout=600)
     assert r.returncode != 0
     assert "--ropeconf-shard" in r.stdout + r.stderr and "pytest-xdist" in r.stdout + r.stderr
+
+
+def test_merge_keeps_a_crash_and_drops_unavailable_only_when_another_part_ran_it():
+    from ropeconf.conformance.report import merge
+
+    cell = lambda v, o: {"variant": v, "dtype": "float32", "device": "cpu", "outcome": o}  # noqa: E731
+    ran = {"adapters": [{"adapter": "a", "cells": [cell("default", "conforms")], "seconds": 1.0}]}
+    absent = {"adapters": [{"adapter": "a", "cells": [], "unavailable": "no lib here", "seconds": 0.5}]}
+    crashed = {"adapters": [{"adapter": "a", "cells": [cell("linear", "error")], "crashed": "SIGSEGV"}]}
+    m = merge([absent, ran])["adapters"][0]
+    assert m["unavailable"] is None and m["seconds"] == 1.5 and "_ran" not in m
+    assert merge([absent, absent])["adapters"][0]["unavailable"] == "no lib here"
+    assert merge([crashed, ran])["adapters"][0]["crashed"] == "SIGSEGV"      # fail closed, whatever the order
+    assert merge([ran, crashed])["adapters"][0]["crashed"] == "SIGSEGV"
