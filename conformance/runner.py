@@ -312,6 +312,21 @@ def _exit_reason(rc: int) -> str:
     return f"worker exited with status {rc}"
 
 
+def _longest_first(names: list[str]) -> list[str]:
+    """Workers start in order of their measured cost (conformance/costs.json, as the shard planner
+    reads it), longest first, so the slowest adapter does not start last; unknown ones keep their order
+    after the known ones.  Reports come back in ``names`` order whatever the start order."""
+    from .shard import load_costs
+
+    table = load_costs().get("adapters", {})
+
+    def cost(n: str) -> float:
+        a = table.get(n)
+        return -1.0 if a is None else float(a.get("startup", 0.0)) + sum(a.get("cells", {}).values())
+
+    return sorted(names, key=lambda n: -cost(n))  # stable: equal or unknown costs keep the given order
+
+
 def run_isolated(names: list[str], cfg: RunConfig, jobs: int = 2,
                  progress: Callable[[str], None] | None = None,
                  configs: dict[str, RunConfig] | None = None) -> list[dict[str, Any]]:
@@ -325,7 +340,7 @@ def run_isolated(names: list[str], cfg: RunConfig, jobs: int = 2,
     """
     configs = configs or {}
     workdir = Path(tempfile.mkdtemp(prefix="ropeconf-run-"))
-    pending = list(names)
+    pending = _longest_first(names)
     running: dict[str, _Worker] = {}
     reports: dict[str, dict[str, Any]] = {}
 
