@@ -275,6 +275,16 @@ class MaxRotary(Adapter):
         return None
 
     # ------------------------------------------------------------------------------------------
+    def _load(self, key, graph, device: str):
+        """Compile ``graph`` (timed into ``compile_seconds``) and keep it among the last few models."""
+        t0 = time.perf_counter()
+        model = self._session(device).load(graph)
+        self.compile_seconds[key] = time.perf_counter() - t0
+        self._models[key] = model
+        while len(self._models) > self.max_cached_models:
+            self._models.popitem(last=False)
+        return model
+
     def _session(self, device: str):
         if device not in self._sessions:
             from max.driver import CPU, Accelerator
@@ -339,13 +349,7 @@ class MaxRotary(Adapter):
                         layer.interleaved = layout == "interleaved"   # the table is shared; only the pairing changes
                         outs.append(layer(x.tensor, start_pos=carrier.tensor.shape[0]))
                 graph.output(*outs)
-            t0 = time.perf_counter()
-            model = self._session(device).load(graph)
-            self.compile_seconds[key] = time.perf_counter() - t0
-            self._models[key] = model
-            while len(self._models) > self.max_cached_models:
-                self._models.popitem(last=False)
-            return model, index
+            return self._load(key, graph, device), index
 
     def call(self, x, positions, spec, *, dtype, device="cpu", role="query"):
         pos = np.asarray(positions)
@@ -464,13 +468,7 @@ class MaxFusedRotary(MaxRotary):
                                          ops.constant(0, DType.uint32, device=ref),
                                          interleaved=spec.layout == "interleaved")
                 graph.output(q)
-            t0 = time.perf_counter()
-            model = self._session(device).load(graph)
-            self.compile_seconds[key] = time.perf_counter() - t0
-            self._models[key] = model
-            while len(self._models) > self.max_cached_models:
-                self._models.popitem(last=False)
-            return model
+            return self._load(key, graph, device)
 
     @staticmethod
     def _kv_params(spec: RopeSpec, dtype: str, ref):
