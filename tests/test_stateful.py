@@ -135,3 +135,23 @@ def test_env_applies_to_module_attr_adapters(tmp_path, toy_env):
                  "--max-examples", "2", "--json", str(out), env=toy_env)
     assert r.returncode == EXIT_OK, r.stdout + r.stderr
     assert json.loads(out.read_text())["adapters"][0]["cells"][0]["outcome"] == "conforms"
+
+
+def test_replay_of_a_dtype_switch_judges_the_cells_dtype_and_never_nothing(toy_env):
+    """A run's replay line names the cell's dtype: the coarse set-up call is made, not judged, and the
+    stale table shows in the judged call; a dtype no call has judges nothing and exits 3, never 0."""
+    from ropeconf.conformance.outcome import EXIT_NOT_CHECKED
+
+    spec = {"head_dim": 8, "rotary_dim": 8, "layout": "half", "rope_type": "default"}
+    calls = [{"instance": 0, "positions": [list(range(300))], "dtype": d, "seed": k + 1}
+             for k, d in enumerate(("bfloat16", "float32"))]
+    case = {"scenario": {"kind": "dtype_switch", "instances": [spec], "calls": calls}, "device": "cpu"}
+    bad = ropeconf("replay", "--adapter", T + "CacheIgnoresDtype", "--case", json.dumps({**case, "dtype": "float32"}),
+                   env=toy_env)
+    assert bad.returncode == EXIT_FAIL and '"diverges"' in bad.stdout and '"bfloat16"' not in bad.stdout, bad.stdout
+    good = ropeconf("replay", "--adapter", T + "CorrectToy", "--case", json.dumps({**case, "dtype": "float32"}),
+                    env=toy_env)
+    assert good.returncode == EXIT_OK, good.stdout + good.stderr
+    none = ropeconf("replay", "--adapter", T + "CorrectToy", "--case", json.dumps({**case, "dtype": "float16"}),
+                    env=toy_env)
+    assert none.returncode == EXIT_NOT_CHECKED and "nothing judged" in none.stderr
