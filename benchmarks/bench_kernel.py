@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_reference import native, side_by_side  # noqa: E402  (the sibling benchmark's helpers)
+from bench_reference import native, side_by_side, workload  # noqa: E402  (the sibling benchmark's helpers)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,20 +48,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args([] if argv is None else argv)
 
-    from ropeconf.reference import RopeSpec, apply, kernel
+    from ropeconf.reference import apply, kernel
 
     why = kernel.kernel_unavailable_reason()
     if why:
         print(f"bench_kernel: cannot run: {why}", file=sys.stderr)
         return {"unavailable": why}
 
-    shape = tuple(int(v) for v in a.shape.split(","))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape)
-    pos = np.broadcast_to(np.arange(shape[2]), (shape[0], shape[2])).astype(np.int64)
-    spec = RopeSpec(head_dim=shape[-1])
-    dst = np.empty_like(x)
-    buf = np.empty_like(x)
+    x, pos, spec, dst, buf = workload(a.shape)
 
     with native(None):
         ref = apply(spec, x, pos)  # warms the frequency cache

@@ -42,6 +42,16 @@ def side_by_side(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str,
     return {k: statistics.median(v) for k, v in ts.items()}
 
 
+def workload(shape_text: str):
+    """The benchmarked tensor: (x, positions 0..S-1 per row, default spec, two output buffers)."""
+    from ropeconf.reference import RopeSpec
+
+    shape = tuple(int(v) for v in shape_text.split(","))
+    x = np.random.default_rng(0).standard_normal(shape)
+    pos = np.broadcast_to(np.arange(shape[2]), (shape[0], shape[2])).astype(np.int64)
+    return x, pos, RopeSpec(head_dim=shape[-1]), np.empty_like(x), np.empty_like(x)
+
+
 @contextlib.contextmanager
 def native(mode: str | None):
     """``$ROPECONF_NATIVE`` set to ``mode`` (None: unset) for the duration."""
@@ -78,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", help="write the figures here")
     a = ap.parse_args([] if argv is None else argv)
     from ropeconf.golden_data import corpus
-    from ropeconf.reference import RopeSpec, apply, kernel
+    from ropeconf.reference import apply, kernel
 
     out: dict[str, float | str | bool | None] = {}
     if not a.skip_golden:
@@ -87,13 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
             corpus.regenerate(d, jobs=2)
             out["golden_regenerate_s"] = time.perf_counter() - t
 
-    shape = tuple(int(v) for v in a.shape.split(","))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape)
-    pos = np.broadcast_to(np.arange(shape[2]), (shape[0], shape[2])).astype(np.int64)
-    spec = RopeSpec(head_dim=shape[-1])
-    dst = np.empty_like(x)
-    buf = np.empty_like(x)
+    x, pos, spec, dst, buf = workload(a.shape)
     with native(None):
         shipped = apply(spec, x, pos)  # warms the frequency cache; builds the C rotation (cached on disk)
     with native("0"):
