@@ -67,6 +67,7 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     by_adapter: dict[str, dict[str, Any]] = {}
     used: dict[str, set[str]] = {}
     unused: dict[str, dict[str, str]] = {}
+    ran: set[str] = set()   # adapters some part could run
     cfg = parts[-1].get("config") or {}  # the matrix order of the run: its --variants and --dtype order first
     order = {v: i for i, v in enumerate(dict.fromkeys([*(cfg.get("variants") or []), *VARIANTS]))}
     dorder = {d: i for i, d in enumerate(dict.fromkeys([*(cfg.get("dtypes") or []), *DTYPES]))}
@@ -84,14 +85,13 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
             cur["seconds"] += rep.get("seconds") or 0.0  # the adapter's time over every part that ran it
             # fail closed: a crash in any part stays on record; "unavailable" only while no part ran it
             cur["crashed"] = cur.get("crashed") or rep.get("crashed")
-            ran = cur.setdefault("_ran", False) or not rep.get("unavailable")
-            cur["_ran"] = ran
-            cur["unavailable"] = None if ran else (rep.get("unavailable") or cur.get("unavailable"))
+            if not rep.get("unavailable"):
+                ran.add(rep["adapter"])
+            cur["unavailable"] = None if rep["adapter"] in ran else (rep.get("unavailable") or cur.get("unavailable"))
             used.setdefault(rep["adapter"], set()).update(rep.get("registry_used", []))
             unused.setdefault(rep["adapter"], {}).update(rep.get("registry_unused", {}))
     stale = {text for a, ids in unused.items() for i, text in ids.items() if i in used.get(a, set())}
     for a, rep in by_adapter.items():
-        rep.pop("_ran", None)
         rep["registry_used"] = sorted(used.get(a, set()))
         rep["registry_unused"] = {i: t for i, t in unused.get(a, {}).items() if t not in stale}
         rep["warnings"] = list(dict.fromkeys(w for p in parts for r in p.get("adapters", [])
