@@ -18,6 +18,17 @@ an fnmatch pattern for strings, or a comparison for numbers (``">=1000"``,
 ``"<0"``).  Unknown entry or match keys are errors, and so is a malformed file.
 When several entries match a case, the most specific one (most constrained match
 keys, then a literal adapter name over a pattern) is reported.
+
+``kind = "precision"`` marks a precision finding: a library whose arithmetic is
+conventional in form but less accurate than the tolerance model assumes (a float32
+``exp`` 8 ulp off, angles from a float32 running product), so that whether a drawn
+case crosses the bound depends on its rounding.  Such an entry must give
+``max_ratio`` (a ceiling > 1: a diverging case above it is never known under the
+entry, so a real bug cannot hide behind the finding; an erroring case never is)
+and ``witness``, golden cases (``{ golden = "<case id>", dtype = "<dtype>" }``)
+that reproduce it deterministically.  It is *fixed* only when a witness case it
+matches conforms, never because drawn cases of a cell happen to stay below the
+bound.  Any entry may give ``max_ratio``.
 """
 
 from __future__ import annotations
@@ -28,11 +39,14 @@ import operator
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from .outcome import Outcome
 
 KNOWN_DIR = Path(__file__).resolve().parent / "known"
 REQUIRED = ("id", "adapter", "library", "versions", "match", "reason", "upstream")
-OPTIONAL = ("magnitude", "diagnosis")
+OPTIONAL = ("magnitude", "diagnosis", "kind", "max_ratio", "witness")
+KINDS = ("formula", "precision")
 CELL_KEYS = ("variant", "dtype", "device")
 CASE_KEYS = ("role", "partial", "min_position", "max_position", "negative_positions", "source")
 STRUCTURAL_KEYS = ("rope_type", "freqs_for", "xpos", "axial_axes", "mrope_interleaved")
@@ -60,6 +74,19 @@ class Divergence:
     magnitude: str = ""
     source: str = ""
     diagnosis: str = ""
+    kind: str = "formula"
+    max_ratio: float | None = None               # a ceiling: a case above it is never known under this entry
+    witness: tuple[tuple[str, str], ...] = ()    # (golden case id, dtype) that reproduce a precision finding
+
+    def admits(self, outcome: Any, ratio: float | None) -> bool:
+        """Whether a case that this entry matches may be reported known under it: within the ceiling, and
+        for a precision entry only a divergence (an error is never a precision finding)."""
+        if self.kind == "precision" and Outcome.of(outcome) is not Outcome.DIVERGES:
+            return False
+        return self.max_ratio is None or (ratio is not None and ratio <= self.max_ratio)
+
+    def is_witness(self, source: str, case_id: str, dtype: str) -> bool:
+        return source == "golden" and (case_id, dtype) in self.witness
 
     def names(self, adapter: str, version: str) -> bool:
         """Whether this entry is about ``adapter`` at ``version`` (before looking at any case)."""
@@ -169,10 +196,11 @@ def load(paths: list[Path] | None = None) -> list[Divergence]:
                 if unknown_names(str(e["diagnosis"])):
                     raise RegistryError(f"{where}: diagnosis {e['diagnosis']!r} names no catalogued hypothesis "
                                         f"(docs/diagnosis.md lists them; join two with '+')")
+            kind, ceiling, witness = _precision_keys(e, where)
             adapters = e["adapter"] if isinstance(e["adapter"], list) else [e["adapter"]]
             out.append(Divergence(e["id"], tuple(adapters), e["library"], e["versions"], dict(e["match"]),
                                   e["reason"], e["upstream"], e.get("magnitude", ""), f.name,
-                                  e.get("diagnosis", "")))
+                                  e.get("diagnosis", ""), kind, ceiling, witness))
     ids = [d.id for d in out]
     dup = {i for i in ids if ids.count(i) > 1}
     if dup:
@@ -180,7 +208,33 @@ def load(paths: list[Path] | None = None) -> list[Divergence]:
     return out
 
 
-def find(entries: list[Divergence], adapter: str, version: str, fields: dict[str, Any]) -> Divergence | None:
-    """The most specific entry that matches a case (None when none does)."""
-    hits = [e for e in entries if e.applies(adapter, version, fields)]
+def _precision_keys(e: dict[str, Any], where: str) -> tuple[str, float | None, tuple[tuple[str, str], ...]]:
+    """``kind``, ``max_ratio`` and ``witness`` of one entry, validated."""
+    kind = e.get("kind", "formula")
+    if kind not in KINDS:
+        raise RegistryError(f"{where}: kind must be one of {list(KINDS)}, got {kind!r}")
+    ceiling = e.get("max_ratio")
+    if ceiling is not None and (isinstance(ceiling, bool) or not isinstance(ceiling, (int, float))
+                                or not ceiling > 1):
+        raise RegistryError(f"{where}: max_ratio must be a number > 1 (a ceiling in multiples of the tolerance), "
+                            f"got {ceiling!r}")
+    raw = e.get("witness", [])
+    ok = isinstance(raw, list) and all(isinstance(w, dict) and set(w) == {"golden", "dtype"}
+                                       and all(isinstance(v, str) and v for v in w.values()) for w in raw)
+    if not ok:
+        raise RegistryError(f"{where}: witness must be a list of {{ golden = \"<case id>\", dtype = \"<dtype>\" }} "
+                            f"tables, got {raw!r}")
+    witness = tuple((w["golden"], w["dtype"]) for w in raw)
+    if kind == "precision" and (ceiling is None or not witness):
+        raise RegistryError(f"{where}: a precision entry needs max_ratio (> 1) and at least one witness golden case "
+                            "(docs/adapters.md section 6)")
+    if kind != "precision" and witness:
+        raise RegistryError(f"{where}: witness is for kind = \"precision\" entries")
+    return kind, (float(ceiling) if ceiling is not None else None), witness
+
+
+def find(entries: list[Divergence], adapter: str, version: str, fields: dict[str, Any],
+         admit: Callable[[Divergence], bool] | None = None) -> Divergence | None:
+    """The most specific entry that matches a case (None when none does); with ``admit``, among those it admits."""
+    hits = [e for e in entries if e.applies(adapter, version, fields) and (admit is None or admit(e))]
     return max(hits, key=lambda e: e.specificity) if hits else None

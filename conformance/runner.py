@@ -68,14 +68,24 @@ class Classifier:
     def __call__(self, r: CaseResult) -> CaseResult:
         """A diverging or erroring case that an entry matches is *known* (under the most specific entry)."""
         if Outcome.of(r.outcome) in (Outcome.DIVERGES, Outcome.ERROR) and r.spec is not None:
-            e = registry.find(self.entries, self.adapter, self.version, self._fields(r))
+            fields = self._fields(r)
+            e = registry.find(self.entries, self.adapter, self.version, fields,
+                              admit=lambda e: e.admits(r.outcome, r.max_ratio))
             if e:
                 r.outcome, r.known_id = Outcome.KNOWN, e.id
                 self.used.add(e.id)
+            else:
+                over = registry.find(self.entries, self.adapter, self.version, fields)
+                if over:  # matched, but above its ceiling (or an error under a precision entry): still fails
+                    self.used.add(over.id)
+                    why = (f"above the ceiling {over.max_ratio:g}x of" if over.max_ratio is not None and
+                           Outcome.of(r.outcome) is Outcome.DIVERGES else "not covered by")
+                    r.message = (f"{r.message}; " if r.message else "") + f"{why} {over.kind} entry {over.id}"
         return r
 
     def close(self, results: list[CaseResult]) -> None:
-        """An entry that matches judged cases of this cell but none of them diverges is *fixed*."""
+        """An entry that matches judged cases of this cell but none of them diverges is *fixed* (a precision
+        entry: when it matches witness cases of this cell and none of them diverges)."""
         judged = [r for r in results if Outcome.of(r.outcome) not in (Outcome.UNSUPPORTED, Outcome.UNAVAILABLE)
                   and r.spec is not None]
         fields = [self._fields(r) for r in judged]
@@ -83,6 +93,8 @@ class Classifier:
             matched = [r for r, f in zip(judged, fields) if e.applies(self.adapter, self.version, f)]
             if matched:
                 self.used.add(e.id)  # it matched cases (even where a more specific entry is the one reported)
+            if e.kind == "precision":  # drawn cases may stay below the bound: only a witness can show it fixed
+                matched = [r for r in matched if e.is_witness(r.source, r.case_id, r.dtype)]
             if matched and not any(Outcome.of(r.outcome) in (Outcome.KNOWN, Outcome.DIVERGES, Outcome.ERROR)
                                    for r in matched):
                 for r in matched:
@@ -91,11 +103,11 @@ class Classifier:
 
     def check_diagnosis(self, known_id: str | None, diagnosis: dict[str, Any]) -> list[str]:
         """A warning when a known case's entry names a diagnosis that this run's diagnosis does not give first."""
-        from .diagnosis import first_explanation
+        from .diagnosis import first_explanation, tied_first
 
         e = next((e for e in self.entries if e.id == known_id), None)
         got = first_explanation(diagnosis)
-        if e is None or not e.diagnosis or got == e.diagnosis:
+        if e is None or not e.diagnosis or got == e.diagnosis or e.diagnosis in tied_first(diagnosis):
             return []
         return [f"registry entry {e.id} ({e.source}) gives diagnosis {e.diagnosis!r} but this run diagnosed "
                 f"{got or 'nothing catalogued'} on case {diagnosis.get('case_id')}"]

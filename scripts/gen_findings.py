@@ -28,7 +28,10 @@ longer diverges. Each library's page has the analysis, the magnitude and a
 minimal repro command; the pages also record what was checked and found
 conforming. "diagnosis" names the catalogued convention that explains the
 entry (docs/diagnosis.md), checked again by every run that meets it; empty
-where no catalogued convention explains it.
+where no catalogued convention explains it. A *precision* entry (a library
+right in form but less accurate than the tolerance model's libm) covers cases
+only up to its ceiling (`≤ Nx`, a multiple of the tolerance) and is FIXED only
+when its witness golden case conforms (docs/adapters.md, section 6).
 
 Generated from the registry by `python scripts/gen_findings.py`.
 
@@ -46,6 +49,10 @@ def render() -> str:
     rows = []
     for e in registry.load():
         match = ", ".join(f"{k}={v}" for k, v in e.match.items() if v != "*")
+        if e.kind == "precision":
+            match = f"precision ≤ {e.max_ratio:g}x: {match}"
+        elif e.max_ratio is not None:
+            match = f"≤ {e.max_ratio:g}x: {match}"
         page = PAGES.get(e.source, "")
         rows.append(f"| `{e.id}` | {e.library} ({_cell(e.versions, 40)}) | {_cell(match, 120)} | "
                     f"{f'`{e.diagnosis}`' if e.diagnosis else ''} | {_cell(e.magnitude or e.reason)} | {f'[{page}]({page})' if page else ''} |")
