@@ -24,6 +24,7 @@ import ggml  # noqa: E402
 from ropeconf import golden_data  # noqa: E402
 from ropeconf.adapters.ggml import GgmlRope, llama3_rope_freqs, yarn_attn_factor  # noqa: E402
 from ropeconf.conformance import registry  # noqa: E402
+from ropeconf.conformance.runner import Classifier  # noqa: E402
 from ropeconf.conformance.adapter import load_adapter  # noqa: E402
 from ropeconf.conformance.judge import judge, judge_case, make_input  # noqa: E402
 from ropeconf.conformance.sources import spec_fields  # noqa: E402
@@ -75,7 +76,8 @@ def test_module_attribute_loads():
 
 def test_registry_file_is_valid_and_names_this_version():
     entries = [e for e in registry.load() if e.source == "ggml.toml"]
-    assert len(entries) == 9 and all(e.library == "ggml-python" and e.versions == "==0.0.45" for e in entries)
+    assert len(entries) == 6 and all(e.library == "ggml-python" and e.versions == "==0.0.45" for e in entries)
+    assert [e.id for e in entries if e.kind == "precision"] == ["ggml-theta-running-product"]
     assert all(e.magnitude and "TBD" not in e.magnitude and "ropeconf replay" in e.magnitude for e in entries)
     assert all(set(e.adapter) <= set(ADAPTER_NAMES) for e in entries)
 
@@ -302,6 +304,10 @@ def test_finding_running_product_precision(g):
     spec = RopeSpec(head_dim=128)
     r = judge_case(g, spec, np.array([[841701]]), dtype="float32", seed=0)
     assert r.outcome == "diverges" and 1.5 < r.max_ratio < 5 and r.worst["pair"] >= 48, r.message
+    # a drawn case like this one is known under the precision entry while it stays within its 3x ceiling
+    c = Classifier(registry.load(), "ggml", g.version())(r)
+    assert (c.outcome, c.known_id) == (("known", "ggml-theta-running-product") if r.max_ratio <= 3 else
+                                       ("diverges", None)), c.message
     assert judge_case(g, spec, _short(2, 64), dtype="float32").max_ratio < 1.5
     # the registered, deterministic instance: the golden ntk case (positions up to 1019240)
     z = np.load(Path(golden_data.__file__).parent / "cases" / "ntk__half__d64r64__scattered.npz")

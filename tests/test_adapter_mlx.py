@@ -8,6 +8,7 @@ classification (the registry entry id is asserted).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import ml_dtypes
@@ -397,6 +398,29 @@ def test_finding_exp_schedule_precision_is_known(adapter, entry, dtype):
     known = [c for c in rep["cases"] if c["outcome"] == "known"]
     assert known and all(c["known_id"] == entry and c["worst"]["pair"] == 26 for c in known)
     assert all(c["outcome"] == "conforms" for c in rep["cases"] if c["case_id"].endswith("short"))
+
+
+@pytest.mark.parametrize("adapter, entry", [(MlxFastRope, "mlx-fast-exp-schedule-precision"),
+                                            (MlxLmRope, "mlx-lm-exp-schedule-precision")])
+def test_finding_exp_schedule_precision_drawn_spec_is_known_within_its_ceiling(adapter, entry):
+    """A spec the dev profile drew (theta 2840.78, r 96, float32: the schedule of pair 42 alone is over its
+    budget) crosses the bound at a short position too; the precision entry covers it (ratio <= its 2.5
+    ceiling, no max_position scope) and a formula error of the same spec (theta 2841.78) stays diverging."""
+    if adapter is MlxLmRope:
+        pytest.importorskip("mlx_lm.models.rope_utils")
+    spec = RopeSpec(head_dim=96, rope_theta=2840.7759074292576)
+    r = _classified(adapter(), spec, np.array([[7165]]), "float32", variant="default", heads=1)
+    assert (r.outcome, r.known_id) == ("known", entry) and 1.0 < r.max_ratio < 1.2, r.message
+    e = next(e for e in registry.load() if e.id == entry)
+    assert e.kind == "precision" and e.max_ratio == 2.5
+
+    class WrongTheta(adapter):  # the library called with theta + 1: a formula error of the same spec
+        def call(self, x, positions, spec, **kw):
+            return super().call(x, positions, dataclasses.replace(spec, rope_theta=spec.rope_theta + 1.0), **kw)
+
+    r = _classified(WrongTheta(), spec, np.array([[7165]]), "float32", variant="default", heads=1)
+    assert r.outcome == "diverges" and r.max_ratio > 2.5 and f"above the ceiling 2.5x of precision entry {entry}" \
+        in r.message, r.message
 
 
 def test_finding_exp_schedule_is_the_exp_not_the_formula():
