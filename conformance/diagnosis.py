@@ -453,6 +453,19 @@ def first_explanation(d: dict[str, Any] | None) -> str | None:
     return ex[0]["hypothesis"] if ex else None
 
 
+def tied_first(d: dict[str, Any] | None) -> list[str]:
+    """The explanations that leave exactly the first one's error ratio: where the case cannot tell them
+    apart (a LongRoPE factor of 1 makes "attention factor missing" and "its default used" the same output)."""
+    ex = (d or {}).get("explained_by") or []
+    if not ex:
+        return []
+    best = ex[0].get("ratio")
+    if best is None:
+        return [ex[0]["hypothesis"]]
+    return [e["hypothesis"] for e in ex
+            if e.get("ratio") is not None and math.isclose(e["ratio"], best, rel_tol=1e-6, abs_tol=1e-12)]
+
+
 # ----------------------------------------------------------------------------- judging a hypothesis
 def ratio_under(case: Case, actual: np.ndarray, dtype: str) -> float:
     """Max error ratio of ``actual`` against the transformed reference, under the case's tolerance model."""
@@ -479,8 +492,9 @@ def explain(case: Case, actual: np.ndarray, dtype: str, budget: float = BUDGET_S
             if c2 is None:
                 continue
             r = ratio_under(c2, actual, dtype)
-            if r <= 1.0 and name in TABLE_PRECISION and not _widespread(case, actual, dtype):
-                r = math.inf   # widened enough, but not the cause: see _widespread
+            if r <= 1.0 and name in TABLE_PRECISION and (not _widespread(case, actual, dtype)
+                                                         or _rotation_only(case, actual)):
+                r = math.inf   # widened enough, but not the cause: see _widespread and _rotation_only
             scored.append(((name,), r))
         except (ValueError, ArithmeticError, TypeError, IndexError):
             continue
@@ -521,6 +535,26 @@ def _widespread(case: Case, actual: np.ndarray, dtype: str) -> bool:
     *_, profile = compare(case.spec, actual, expected, case.positions, case.precision, dtype)
     by_pair = np.asarray(profile["ratio_by_pair"], dtype=np.float64)
     return by_pair.size > 0 and np.count_nonzero(by_pair > 1.0) >= 0.5 * by_pair.size
+
+
+def _rotation_only(case: Case, actual: np.ndarray) -> bool:
+    """Whether the error is (nearly) a pure rotation of each pair: an angle error (an inaccurate frequency,
+    angles from a running product) moves the output along the circle, so the pair norms stay within a small
+    fraction of the error, while cos/sin rounded independently move the norm as much as the direction.
+    Aggregated over the rotated elements: sum |norm change| below a fifth of sum |error| is a rotation."""
+    y = case.expected()
+    a = np.asarray(actual, dtype=np.float64)
+    if case.frame is not None:
+        a, y = a[..., case.frame], y[..., case.frame]
+    s, r, h = case.spec, case.spec.rotary_dim, case.spec.n_pairs
+    if a.shape != y.shape or a.shape[-1] < r or h == 0:
+        return False
+    pa = (a[..., :h], a[..., h:r]) if s.layout == "half" else (a[..., 0:r:2], a[..., 1:r:2])
+    py = (y[..., :h], y[..., h:r]) if s.layout == "half" else (y[..., 0:r:2], y[..., 1:r:2])
+    err = np.hypot(pa[0] - py[0], pa[1] - py[1])
+    radial = np.abs(np.hypot(*pa) - np.hypot(*py))
+    total = float(np.sum(err[np.isfinite(err)]))
+    return total > 0 and float(np.sum(radial[np.isfinite(radial)])) < 0.2 * total
 
 
 def _rank(s: tuple[tuple[str, ...], float]) -> tuple:

@@ -130,6 +130,35 @@ def test_rounded_tables_do_not_explain_a_few_unrotated_pairs():
     # and the planted bfloat16 tables still are (test_each_planted_convention_is_diagnosed_first)
 
 
+def test_rounded_tables_do_not_explain_an_angle_error_spread_over_many_pairs():
+    """ggml's float32 running-product angles (theta_j = p * theta_scale^j, theta *= theta_scale): an error
+    over most pairs at long positions, as wide as a bfloat16-table bound, but a pure rotation of each pair
+    (norms kept), where rounded tables move the norm as much as the direction."""
+    def running_product(x, positions, spec, role="query"):
+        r, h = spec["rotary_dim"], spec["rotary_dim"] // 2
+        scale = np.float32(spec["rope_theta"]) ** np.float32(-2.0 / r)
+        theta = np.empty(np.shape(positions) + (h,), np.float32)
+        t = np.asarray(positions).astype(np.float32)
+        for j in range(h):
+            theta[..., j] = t
+            t = (t * scale).astype(np.float32)
+        x = np.asarray(x, np.float32)
+        c, sn = np.cos(theta)[:, None], np.sin(theta)[:, None]
+        x1, x2 = x[..., :h], x[..., h:r]
+        return np.concatenate([x1 * c - x2 * sn, x2 * c + x1 * sn, x[..., r:]], axis=-1).astype(np.float32)
+
+    running_product.ropeconf_capabilities = {"rope_types": ["default"], "layouts": ["half"],
+                                             "dtypes": ["float32"], "partial": True}
+    spec = RopeSpec(head_dim=64, rope_theta=1e4 * 4 ** (64 / 62))     # the NTK golden case's base
+    pos = np.array([[500970, 386773, 904390, 57653, 271676, 268031, 401020, 448469],
+                    [951364, 836284, 987027, 158875, 21472, 650453, 601382, 1019240]])
+    adapter = FunctionAdapter(running_product, "running-product")
+    r = judge_case(adapter, spec, pos, dtype="float32", heads=4, seed=0)
+    assert r.outcome == "diverges" and 1 < r.max_ratio < 5, r.message
+    d = diagnose(adapter, spec, pos, "float32")
+    assert not any(e["hypothesis"].startswith("cos-sin-") for e in d["explained_by"]), d
+
+
 def test_no_catalogued_convention_gives_the_error_structure():
     def scaled(x, positions, spec, role="query"):
         y = planted(())(x, positions, spec, role)
@@ -350,3 +379,19 @@ def test_the_docs_list_every_catalogued_hypothesis():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "diagnosis.md").read_text()
     missing = [n for n in HYPOTHESES if f"| `{n}` |" not in doc]
     assert not missing, f"docs/diagnosis.md lacks catalogue rows for {missing}"
+
+
+def test_a_registry_diagnosis_tied_with_the_first_explanation_is_no_warning():
+    """A LongRoPE factor of 1 makes "attention factor missing" and "its configured value ignored (default
+    used)" the same output: an entry naming either is consistent with that case; a worse one is not."""
+    from ropeconf.conformance import registry
+    from ropeconf.conformance.runner import Classifier
+
+    e = registry.Divergence("x", ("a",), "l", "*", {}, "r", "u", diagnosis="attention_factor-ignored")
+    c = Classifier([e], "a", "1")
+    tie = {"case_id": "c", "explained_by": [{"hypothesis": "attention-missing", "ratio": 0.11500000001},
+                                            {"hypothesis": "attention_factor-ignored", "ratio": 0.115}]}
+    assert c.check_diagnosis("x", tie) == []
+    worse = {"case_id": "c", "explained_by": [{"hypothesis": "attention-missing", "ratio": 0.115},
+                                              {"hypothesis": "attention_factor-ignored", "ratio": 0.5}]}
+    assert "gives diagnosis 'attention_factor-ignored'" in c.check_diagnosis("x", worse)[0]
