@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in adapters to leave out of the default run (over every built-in adapter)")
     RunConfig.add_arguments(r)
     r.add_argument("--jobs", type=_positive_int, default=2,
-                   help="adapters run in parallel worker processes (default 2)")
+                   help="adapters run in parallel worker processes (default 2); each worker's thread pools "
+                        "(OMP/MKL/OpenBLAS/TF intra-op) get the cores divided among them unless set in the "
+                        "environment")
     r.add_argument("--in-process", action="store_true", help="run adapters in this process (no isolation)")
     r.add_argument("--json", metavar="PATH", help="write the full results as JSON")
     r.add_argument("--report", metavar="PATH", help="write a self-contained HTML report")

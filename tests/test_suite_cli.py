@@ -221,3 +221,23 @@ def test_metamorphic_checks_catch_planted_bugs(bug, check):
 
     good = run_adapter(FunctionAdapter(rope_adapter, "toy"), cfg)
     assert {c["outcome"] for c in good["cases"]} == {"conforms"}
+
+
+def test_parallel_workers_share_the_cores_unless_the_user_sized_the_pools(tmp_path, toy_env):
+    """Two workers on the machine each get cores // 2 threads (OMP/MKL/OpenBLAS/TF): sized to the whole
+    machine they oversubscribe it.  A value the user exported wins."""
+    from ropeconf.conformance.runner import worker_threads
+
+    assert worker_threads(2, 30, cpus=2) == 1 and worker_threads(2, 30, cpus=16) == 8
+    assert worker_threads(4, 1, cpus=16) == 16 and worker_threads(8, 30, cpus=2) == 1
+    env = {k: v for k, v in toy_env.items() if k != "OMP_NUM_THREADS"}
+    want = worker_threads(2, 2)
+    args = ["run", "--adapter", "toy_rope.envcheck:threads_adapter", "toy_rope:rope_adapter", "--jobs", "2",
+            "--variants", "default", "--dtype", "float32", "--max-examples", "2"]
+    r = ropeconf(*args, env={**env, "TOY_ROPE_THREADS": str(want)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = ropeconf(*args, env={**env, "TOY_ROPE_THREADS": "7", "OMP_NUM_THREADS": "7"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    # and the check can fail: a worker that does not get what the adapter expects errors
+    r = ropeconf(*args, env={**env, "TOY_ROPE_THREADS": str(want + 5)})
+    assert r.returncode == 1 and "OMP_NUM_THREADS" in r.stdout, r.stdout

@@ -22,3 +22,14 @@ def rope_adapter(x, positions, spec):
 
 rope_adapter.ropeconf_capabilities = _exact.ropeconf_capabilities
 rope_adapter.ropeconf_env = {"TOY_ROPE_MODE": "exact"}
+
+
+def threads_adapter(x, positions, spec):
+    """Refuses to compute unless the worker's thread pools were sized as ``TOY_ROPE_THREADS`` expects."""
+    want = os.environ.get("TOY_ROPE_THREADS")
+    if want and os.environ.get("OMP_NUM_THREADS") != want:
+        raise RuntimeError(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')!r}, expected {want!r}")
+    return _exact(x, positions, spec)
+
+
+threads_adapter.ropeconf_capabilities = _exact.ropeconf_capabilities
