@@ -283,9 +283,11 @@ class KerasHubTorch(KerasHubRotary):
 
 
 class KerasHubJax(KerasHubRotary):
-    """jax compiles every op once per input shape (~0.5 s each here), and property cases draw many
-    shapes.  So batch, heads and seq are padded up to fixed buckets (extra rows of zeros, extra tokens
-    continuing the positions) and the result is cut back.  RoPE acts per token and per head, so the
+    """jax compiles every op once per input shape (~40 ms of CPU each here), and property cases draw many
+    shapes.  So batch, heads and seq are padded up to fixed buckets (batch a power of two >= 2, heads >= 4,
+    seq 512 or the next power of two above: extra rows of zeros, extra tokens continuing the positions)
+    and the result is cut back.  What remains is one compile per op, rotary_dim, dtype and positions form
+    (shared start_index or per-row positions): ~700 compiles, ~26 s of the adapter's ~42 s in a ci run.  RoPE acts per token and per head, so the
     real rows are unchanged (tests/test_adapter_keras_hub.py checks this bit for bit).  LongRoPE is
     not padded in seq: Phi3SuScaledRotaryEmbedding picks its factors from the input length.
 
@@ -303,7 +305,7 @@ class KerasHubJax(KerasHubRotary):
     def _pad(self, x: np.ndarray, pos: np.ndarray, spec: RopeSpec):
         b, h, s, _ = x.shape
         pb, ph = max(2, 1 << max(0, b - 1).bit_length()), max(h, 4)
-        ps = s if spec.rope_type == "longrope" else max(8, 1 << max(0, s - 1).bit_length())
+        ps = s if spec.rope_type == "longrope" else max(512, 1 << max(0, s - 1).bit_length())
         if (pb, ph, ps) == (b, h, s):
             return x, pos
         xp = np.zeros((pb, ph, ps, x.shape[3]), dtype=x.dtype)

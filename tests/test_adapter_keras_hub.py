@@ -355,7 +355,7 @@ def test_jax_shape_padding_leaves_real_rows_unchanged():
         "for pos in (np.arange(5)[None], np.array([[7, 3, 900, 2, 65000]])):\n"
         "    padded = a.run(x, pos, sp, dtype='float32')\n"
         "    xp, pp = a._pad(x, pos, sp)\n"
-        "    assert xp.shape == (2, 4, 8, 16) and (pp[:1, :5] == pos).all()\n"
+        "    assert xp.shape == (2, 4, 512, 16) and (pp[:1, :5] == pos).all()\n"
         "    # same layer on the unpadded input, bypassing the padding\n"
         "    a2 = KerasHubJax(); a2._pad = lambda x, p, s: (x, p)\n"
         "    res.append(bool(np.array_equal(padded, a2.run(x, pos, sp, dtype='float32'))))\n"
