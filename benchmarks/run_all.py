@@ -7,7 +7,10 @@ Prints one table of ratios measured in this run, side by side:
 * the CPU-compiled fused kernel against ``apply`` and ``np.copyto`` (bench_kernel.py);
 * what diagnosis costs (bench_diagnosis.py; wall ratio --diagnose / --no-diagnose);
 * the slow adapters of the main job, as seconds over their goal (keras-jax < 30 s;
-  MAX's part of scripts/main.sh cold <= 90 s, run with an empty compile cache, and warm).
+  MAX's part of scripts/main.sh cold <= 90 s, run with an empty compile cache, and warm);
+* ``--matrix``: the main job's ci matrix (every built-in adapter of .venv but MAX and the tox-env peers)
+  over the 3-minute goal, and the same run with every worker's thread pools sized to the whole machine
+  (what the runner did before it divided the cores among the workers), as a wall-time ratio.
 
 ``--skip-adapters`` leaves out the adapter runs (the longest part); ``--json`` writes every
 figure.  Absolute times on a shared 2-core machine are noisy; the ratios are the figures.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -36,16 +40,27 @@ import bench_reference  # noqa: E402
 MAX_ARGS = ["--adapter", "max", "--only", "head_dim=64,layout=half", "--no-properties", "--dtype", "float32",
             "--timeout", "3600"]
 KERAS_JAX_ARGS = ["--adapter", "keras-jax"]
+# the main job's main part (scripts/main.sh): every built-in adapter but MAX and the peers in tox environments
+MATRIX_ARGS = ["--skip-adapter", "max", "max-fused", "zeta", "mlx-fast", "mlx-lm", "ggml", "vllm-cpu-native",
+               "vllm-cpu", "vllm-cpu-native-deepseek-yarn"]
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def timed_run(args: list[str], env: dict[str, str] | None = None) -> tuple[float, int, dict]:
+    """Wall seconds, exit code and results of one ``ropeconf run``; its CPU seconds (the run and its
+    workers, user + system) in the results under ``cpu_s``."""
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "r.json"
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _children_cpu()
         p = subprocess.run([sys.executable, "-m", "ropeconf.conformance.cli", "run", *args, "--json", str(out)],
                            env={**os.environ, **(env or {})}, capture_output=True, text=True)
         secs = time.perf_counter() - t
         res = json.loads(out.read_text()) if out.exists() else {}
+        res["cpu_s"] = _children_cpu() - c
     return secs, p.returncode, res
 
 
@@ -62,9 +77,22 @@ def adapters() -> dict[str, float]:
     return figs
 
 
+def matrix() -> dict[str, float]:
+    from ropeconf.conformance.runner import THREAD_VARS
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    shared, rc, r1 = timed_run(MATRIX_ARGS)
+    whole, rc2, r2 = timed_run(MATRIX_ARGS, {v: str(cpus) for v in THREAD_VARS})
+    return {"matrix_s": shared, "matrix_over_goal": shared / 180.0, "matrix_exit": rc,
+            "matrix_whole_machine_threads_s": whole, "matrix_shared_over_whole": shared / whole,
+            "matrix_cpu_s": r1["cpu_s"], "matrix_whole_machine_threads_cpu_s": r2["cpu_s"],
+            "matrix_cpu_shared_over_whole": r1["cpu_s"] / r2["cpu_s"], "matrix_whole_exit": rc2}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--skip-adapters", action="store_true", help="leave out the keras-jax and MAX runs")
+    ap.add_argument("--matrix", action="store_true", help="also time the ci matrix, cores shared vs not")
     ap.add_argument("--json", help="write every figure here")
     a = ap.parse_args(argv)
     figs: dict[str, dict] = {}
@@ -78,6 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         print(f"[bench] adapters: ropeconf run {shlex.join(KERAS_JAX_ARGS)}; {shlex.join(MAX_ARGS)} cold and warm",
               flush=True)
         figs["adapters"] = adapters()
+    if a.matrix:
+        print(f"[bench] ci matrix: ropeconf run {shlex.join(MATRIX_ARGS)}, cores shared and not", flush=True)
+        figs["matrix"] = matrix()
     r, k, d = figs["reference"], figs["kernel"], figs["diagnosis"]
     rows = [("apply / np.copyto (shipped)", r.get("apply_ratio_to_copyto"), ">= 0.25"),
             ("apply(out=) / np.copyto (shipped)", r.get("apply_out_ratio_to_copyto"), ">= 0.25"),
@@ -92,6 +123,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         rows += [("keras-jax run / 30 s goal", ad["keras_jax_over_goal"], "<= 1"),
                  (f"MAX main-job part cold / 90 s goal ({ad['max_cells']} cells)", ad["max_cold_over_goal"], "<= 1"),
                  ("MAX main-job part warm / 90 s goal", ad["max_warm_over_goal"], "")]
+    if "matrix" in figs:
+        m = figs["matrix"]
+        rows += [("ci matrix / 180 s goal", m["matrix_over_goal"], "<= 1"),
+                 ("ci matrix wall, cores shared / whole machine per worker", m["matrix_shared_over_whole"], "< 1"),
+                 ("ci matrix CPU, cores shared / whole machine per worker", m["matrix_cpu_shared_over_whole"], "< 1")]
     print()
     print(f"{'figure':58s} {'value':>8s}  goal")
     for name, v, goal in rows:
