@@ -244,7 +244,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if path:
             report.check_output_path(path)
     try:  # a malformed registry is a configuration error, found before anything runs
-        registry.load([__import__("pathlib").Path(p) for p in cfg.known_files] if cfg.known_files else None)
+        entries = registry.load([__import__("pathlib").Path(p) for p in cfg.known_files] if cfg.known_files
+                                else None)
     except registry.RegistryError as e:
         raise UsageError(str(e)) from None
     if "golden" not in cfg.skip:
@@ -253,6 +254,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         problems = corpus.verify(cfg.golden_dir)
         if problems:
             raise UsageError("golden data failed verification: " + "; ".join(problems[:5]))
+        # a precision entry whose witness is no golden case could never be reported fixed
+        ids = {c["id"] for c in corpus.read_manifest(cfg.golden_dir)["cases"]}
+        bad = [f"{e.id} ({e.source}): witness {w!r}" for e in entries for w, _ in e.witness if w not in ids]
+        if bad:
+            raise UsageError("registry witness names no case of the golden corpus: " + "; ".join(bad[:5]))
     skip = set(args.skip_adapter or ())
     unknown_skip = sorted(skip - set(BUILTIN))
     if unknown_skip:

@@ -139,3 +139,17 @@ def _positions(case_id):
 
 def _a_version(e):
     return e.versions.lstrip("=<>~!").split(",")[0].rstrip("*").rstrip(".")
+
+
+def test_a_witness_that_is_no_golden_case_is_a_usage_error(tmp_path, toy_env):
+    """A misspelt witness would leave a precision entry that can never be reported fixed: refused (exit 2)."""
+    import subprocess
+    import sys
+
+    from ropeconf.conformance.outcome import EXIT_USAGE
+
+    known = _toml(tmp_path, witness='witness = [{ golden = "default__half__d64r64__lnog", dtype = "float32" }]')
+    r = subprocess.run([sys.executable, "-m", "ropeconf.conformance.cli", "run", "--adapter",
+                        "toy_rope.precision:inaccurate_exp_adapter", "--variants", "default", "--dtype", "float32",
+                        "--known", str(known)], capture_output=True, text=True, env=toy_env, timeout=300)
+    assert r.returncode == EXIT_USAGE and "default__half__d64r64__lnog" in r.stderr + r.stdout, r.stderr
