@@ -546,11 +546,12 @@ def _rotation_only(case: Case, actual: np.ndarray) -> bool:
     a = np.asarray(actual, dtype=np.float64)
     if case.frame is not None:
         a, y = a[..., case.frame], y[..., case.frame]
-    s, r, h = case.spec, case.spec.rotary_dim, case.spec.n_pairs
-    if a.shape != y.shape or a.shape[-1] < r or h == 0:
+    from .tolerance import pair_views
+
+    s = case.spec
+    if a.shape != y.shape or a.shape[-1] < s.rotary_dim or s.n_pairs == 0:
         return False
-    pa = (a[..., :h], a[..., h:r]) if s.layout == "half" else (a[..., 0:r:2], a[..., 1:r:2])
-    py = (y[..., :h], y[..., h:r]) if s.layout == "half" else (y[..., 0:r:2], y[..., 1:r:2])
+    pa, py = pair_views(a, s.rotary_dim, s.layout), pair_views(y, s.rotary_dim, s.layout)
     err = np.hypot(pa[0] - py[0], pa[1] - py[1])
     radial = np.abs(np.hypot(*pa) - np.hypot(*py))
     total = float(np.sum(err[np.isfinite(err)]))
@@ -574,14 +575,14 @@ def _safe_ratio(case: Case, actual: np.ndarray, dtype: str) -> float:
 
 def structure(case: Case, actual: np.ndarray) -> dict[str, Any]:
     """What the error looks like when no convention explains it: pairs, growth with position, constancy."""
-    from .tolerance import pair_norm
+    from .tolerance import pair_norm, pair_views
 
     y = case.expected()
     err = np.abs(np.asarray(actual, dtype=np.float64) - y)
     pn = np.maximum(pair_norm(y, case.spec.rotary_dim, case.spec.layout), 1e-300)
     rel = err / pn
     s, r, h = case.spec, case.spec.rotary_dim, case.spec.n_pairs
-    a, b = (rel[..., :h], rel[..., h:r]) if s.layout == "half" else (rel[..., 0:r:2], rel[..., 1:r:2])
+    a, b = pair_views(rel, r, s.layout)
     per_pair = np.maximum(a, b).reshape(-1, h).max(axis=0)
     top = float(per_pair.max()) if per_pair.size else 0.0
     pairs = [int(j) for j in np.flatnonzero(per_pair > 0.1 * top)] if top > 0 else []

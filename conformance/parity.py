@@ -214,8 +214,9 @@ def select_cases(cases: list, limit: int | None) -> list:
 
 def _pairs(spec, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Views of the first and second member of every rotated pair (spec.layout)."""
-    r, h = spec.rotary_dim, spec.rotary_dim // 2
-    return (a[..., :h], a[..., h:r]) if spec.layout == "half" else (a[..., 0:r:2], a[..., 1:r:2])
+    from .tolerance import pair_views
+
+    return pair_views(a, spec.rotary_dim, spec.layout)
 
 
 def _unit_input(spec, shape: tuple[int, ...]) -> np.ndarray:

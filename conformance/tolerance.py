@@ -128,19 +128,20 @@ def xpos_error_factor(spec, positions: np.ndarray, seq_len: int | None = None) -
     return power * (ln_zeta + 2.0) + C_X
 
 
+def pair_views(a: np.ndarray, rotary_dim: int, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """Views of the first and second member of every rotated pair (half-split or interleaved)."""
+    h = rotary_dim // 2
+    return (a[..., :h], a[..., h:rotary_dim]) if layout == "half" else \
+        (a[..., 0:rotary_dim:2], a[..., 1:rotary_dim:2])
+
+
 def pair_norm(y: np.ndarray, rotary_dim: int, layout: str) -> np.ndarray:
     """Per-element norm of the rotated pair each element belongs to (tail: |y|)."""
     y = np.asarray(y, dtype=np.float64)
     out = np.abs(y).copy()
-    h = rotary_dim // 2
-    if layout == "half":
-        a, b = y[..., :h], y[..., h:rotary_dim]
-        n = np.hypot(a, b)
-        out[..., :h], out[..., h:rotary_dim] = n, n
-    else:
-        a, b = y[..., 0:rotary_dim:2], y[..., 1:rotary_dim:2]
-        n = np.hypot(a, b)
-        out[..., 0:rotary_dim:2], out[..., 1:rotary_dim:2] = n, n
+    n = np.hypot(*pair_views(y, rotary_dim, layout))
+    for view in pair_views(out, rotary_dim, layout):
+        view[...] = n
     return out
 
 

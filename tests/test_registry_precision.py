@@ -117,28 +117,21 @@ def test_precision_keys_are_validated(tmp_path, kind, ceiling, witness, err):
 
 def test_shipped_precision_witnesses_are_golden_cases_their_entry_matches():
     """A witness that is no golden case, or that its own entry does not match, could never show the entry fixed."""
+    import dataclasses
+
     from ropeconf.conformance.sources import spec_fields
     from ropeconf.golden_data import corpus
 
-    cases = {c["id"]: c for c, _ in corpus.iter_cases(None)}
+    cases = {c["id"]: (c, arrays) for c, arrays in corpus.iter_cases(None)}
     precision = [e for e in registry.load() if e.kind == "precision"]
     assert precision  # MLX and ggml register theirs this way
     for e in precision:
+        any_version = dataclasses.replace(e, versions="*")  # the match alone, whatever version is installed
         for case_id, dtype in e.witness:
             assert case_id in cases, (e.id, case_id)
-            c = cases[case_id]
-            fields = spec_fields(c["spec"], c["variant"], dtype, "cpu", _positions(case_id), "query", "golden")
-            assert e.applies(e.adapter[0], _a_version(e), fields), (e.id, case_id, dtype)
-
-
-def _positions(case_id):
-    from ropeconf.golden_data import corpus
-
-    return next(arrays["positions"] for c, arrays in corpus.iter_cases(None) if c["id"] == case_id)
-
-
-def _a_version(e):
-    return e.versions.lstrip("=<>~!").split(",")[0].rstrip("*").rstrip(".")
+            c, arrays = cases[case_id]
+            fields = spec_fields(c["spec"], c["variant"], dtype, "cpu", arrays["positions"], "query", "golden")
+            assert any_version.applies(e.adapter[0], "0", fields), (e.id, case_id, dtype)
 
 
 def test_a_witness_that_is_no_golden_case_is_a_usage_error(tmp_path, toy_env):
